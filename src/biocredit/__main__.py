@@ -1,0 +1,5 @@
+import sys
+
+from biocredit.cli import main
+
+sys.exit(main())

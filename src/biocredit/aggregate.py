@@ -1,0 +1,137 @@
+"""Per-run metrics files → tables: runs, curves (mean ± sd over seeds), and the paper comparison.
+
+Nothing here trains or reads back up the pipeline: inputs are the ``summary.json`` and
+``metrics.csv`` files that training wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COMPARISON_COLUMNS = [
+    "experiment", "figure", "claim", "method", "metric", "paper", "unit", "source", "ours_mean", "ours_sd", "n",
+    "n_diverged", "statistic", "scale", "epochs", "tolerance", "verdict",
+]
+
+
+def run_dir(results_dir: Path, scale: str, experiment: str, method: str, seed: int) -> Path:
+    return Path(results_dir) / scale / "runs" / experiment / method / f"seed{seed}"
+
+
+def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per run from summary.json, every metrics.csv row with method and seed columns)."""
+    summaries, curves = [], []
+    for d in map(Path, run_dirs):
+        s = json.loads((d / "summary.json").read_text())
+        prov = s["provenance"]
+        summaries.append({
+            "experiment": s["experiment"], "method": s["method"], "rule": s["rule"], "seed": s["seed"],
+            "scale": s["scale"], "status": s["status"], "epochs_done": s["epochs_done"], "epochs": s["epochs"],
+            **{f"final_{k}": v for k, v in s["final"].items() if k not in ("epoch",)},
+            "best_test_error": s["best_test_error"], "wall_seconds": s["wall_seconds"],
+            "config_hash": prov["config_hash"], "git_commit": prov["git_commit"], "device": prov["device"],
+            "torch": prov["torch"], "n_train": prov["n_train"], "n_test": prov["n_test"],
+        })
+        m = pd.read_csv(d / "metrics.csv")
+        m.insert(0, "seed", s["seed"])
+        m.insert(0, "method", s["method"])
+        curves.append(m)
+    return pd.DataFrame(summaries), pd.concat(curves, ignore_index=True)
+
+
+def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd and n over seeds of every metric, per method and epoch."""
+    metrics = [c for c in curves.columns if c not in ("method", "seed", "epoch")]
+    g = curves.groupby(["method", "epoch"])[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).join(g.size().rename("n"))
+    return out.reset_index()
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, scale: str) -> pd.DataFrame:
+    """One row per reported number and per qualitative claim of an experiment, with a verdict."""
+    rows = []
+    comparable = scale == "paper"
+    epochs = int(runs["epochs"].max()) if len(runs) else 0
+    ok = runs[runs["status"] == "completed"]
+    for rep in exp.get("reported", []):
+        metric = rep["metric"]
+        vals = ok.loc[ok["method"] == rep["method"], f"final_{metric}"].astype(float)
+        n_div = int(((runs["method"] == rep["method"]) & (runs["status"] == "diverged")).sum())
+        mean = float(vals.mean()) if len(vals) else math.nan
+        sd = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        if not len(vals):
+            verdict = "no finished run"
+        elif not comparable:
+            verdict = f"not comparable at this scale ({scale}: {epochs} epochs, n = {len(vals)})"
+        elif abs(mean - rep["value"]) <= rep["tolerance"]:
+            verdict = "reproduced"
+        else:
+            verdict = f"NOT reproduced (off by {mean - rep['value']:+.2f})"
+        rows.append({
+            "experiment": exp_name, "figure": exp.get("figure", ""), "claim": "", "method": rep["method"],
+            "metric": metric, "paper": rep["value"], "unit": rep.get("unit", ""), "source": rep["source"],
+            "ours_mean": mean, "ours_sd": sd, "n": len(vals), "n_diverged": n_div, "statistic": "",
+            "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": verdict,
+        })
+    for claim in exp.get("claims", []):
+        metric = claim["metric"]
+        means = ok.groupby("method")[f"final_{metric}"].mean()
+        lower, higher = claim["lower"], claim["higher"]
+        missing = [m for m in [*lower, *higher] if m not in means]
+        if missing:
+            verdict, stat = f"no finished run of {', '.join(missing)}", ""
+        else:
+            holds = all(means[a] < means[b] for a in lower for b in higher)
+            verdict = "holds" if holds else "does NOT hold"
+            stat = "; ".join(f"{m} {means[m]:.2f}" for m in [*lower, *higher])
+        rows.append({
+            "experiment": exp_name, "figure": exp.get("figure", ""), "claim": claim["text"],
+            "method": ", ".join([*lower, *higher]), "metric": metric, "paper": math.nan, "unit": claim.get("unit", ""),
+            "source": claim["source"], "ours_mean": math.nan, "ours_sd": math.nan, "n": len(ok), "n_diverged":
+            int((runs["status"] == "diverged").sum()), "statistic": stat, "scale": scale, "epochs": epochs,
+            "tolerance": math.nan, "verdict": verdict,
+        })
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame, provenance: str = "") -> str:
+    """The comparison table as GitHub Markdown (no extra dependency)."""
+    head = ["experiment", "claim / number", "method", "paper", "ours (mean ± sd, n)", "scale", "tolerance", "verdict",
+            "source"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        is_claim = isinstance(r["claim"], str) and r["claim"]
+        what = r["claim"] if is_claim else f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"]
+        ours = r["statistic"] if is_claim else f"{_fmt(r['ours_mean'])} ± {_fmt(r['ours_sd'])} (n = {r['n']})"
+        if r["n_diverged"]:
+            ours += f", {r['n_diverged']} diverged"
+        paper = "—" if is_claim else _fmt(r["paper"])
+        tol = "—" if is_claim else f"± {_fmt(r['tolerance'])}"
+        cells = [r["experiment"] + (f" ({r['figure']})" if r["figure"] else ""), what, r["method"], paper, ours,
+                 f"{r['scale']} ({r['epochs']} ep.)", tol, r["verdict"], r["source"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + ("\n\n" + provenance if provenance else "") + "\n"
+
+
+def provenance_record(runs: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "runs": len(runs),
+        "scale": sorted(runs["scale"].unique().tolist()),
+        "seeds": sorted(int(s) for s in runs["seed"].unique()),
+        "git_commits": sorted(runs["git_commit"].unique().tolist()),
+        "config_hashes": sorted(runs["config_hash"].unique().tolist()),
+        "devices": sorted(runs["device"].unique().tolist()),
+        "torch": sorted(runs["torch"].unique().tolist()),
+        "wall_seconds_total": float(runs["wall_seconds"].sum()),
+        "statuses": runs["status"].value_counts().to_dict(),
+    }

@@ -1,0 +1,207 @@
+"""Command line: ``python -m biocredit <command>`` (also ``biocredit <command>``).
+
+Every Snakemake rule calls one of these commands, so each stage also runs without Snakemake.
+Bad input ends with one line on stderr naming the key or file and the fix, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from biocredit.config import ConfigError, load_config, resolve_run, seeds
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config.yaml", help="config file (default: ./config.yaml)")
+    p.add_argument("--scale", choices=["smoke", "quick", "paper"], help="override the config's scale")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted path, YAML value), e.g. --set device=cpu")
+
+
+def _load(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set device=cpu")
+        k, v = item.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    if args.scale:
+        overrides["scale"] = args.scale
+    return load_config(args.config, overrides)
+
+
+def _scale_dir(cfg: dict) -> Path:
+    return Path(cfg["results_dir"]) / cfg["scale"]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    n = sum(len(e["methods"]) * len(seeds(cfg, name)) for name, e in cfg["experiments"].items())
+    print(f"{args.config}: valid; scale {cfg['scale']}: {len(cfg['experiments'])} experiment(s), {n} training run(s)")
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from biocredit import data
+
+    cfg = _load(args)
+    d = cfg.get("data", {})
+    rec = data.prepare(args.dataset, Path(d.get("dir", "data")), data.resolve_mirror(d.get("mirror")),
+                       download=d.get("download", True))
+    print(f"{args.dataset}: ready and verified in {d.get('dir', 'data')} (source: {rec.get('source')})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from biocredit.aggregate import run_dir
+    from biocredit.tracking import resolve_mode
+    from biocredit.train import train
+
+    cfg = _load(args)
+    run_cfg = resolve_run(cfg, args.experiment, args.method, args.seed)
+    out = Path(args.out) if args.out else run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment,
+                                                   args.method, args.seed)
+    wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
+    summary = train(run_cfg, out, cfg.get("data", {}).get("dir", "data"), device=cfg.get("device", "auto"),
+                    wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb", threads=cfg.get("threads"))
+    print(json.dumps({k: summary[k] for k in ("experiment", "method", "seed", "status", "best_test_error")}))
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from biocredit import aggregate
+
+    cfg = _load(args)
+    exp = cfg["experiments"][args.experiment]
+    dirs = [aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s)
+            for m in exp["methods"] for s in seeds(cfg, args.experiment)]
+    missing = [str(d / "summary.json") for d in dirs if not (d / "summary.json").exists()]
+    if missing:
+        raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: train those runs first")
+    runs, curves = aggregate.load_runs(dirs)
+    tables = _scale_dir(cfg) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(tables / f"{args.experiment}_runs.csv", index=False)
+    aggregate.curve_stats(curves).to_csv(tables / f"{args.experiment}_curves.csv", index=False)
+    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"]).to_csv(
+        tables / f"{args.experiment}_comparison.csv", index=False)
+    (tables / f"{args.experiment}_provenance.json").write_text(
+        json.dumps(aggregate.provenance_record(runs), indent=2))
+    print(f"{args.experiment}: aggregated {len(runs)} runs into {tables}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from biocredit.figures import plot_curves
+
+    cfg = _load(args)
+    exp = cfg["experiments"][args.experiment]
+    tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
+    stats = pd.read_csv(tables / f"{args.experiment}_curves.csv")
+    prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
+    note = (f"scale {cfg['scale']}; seeds {prov['seeds']}; commit {','.join(c[:10] for c in prov['git_commits'])}; "
+            f"device {','.join(prov['devices'])}; config {','.join(prov['config_hashes'])[:60]}")
+    for f in exp.get("figures", []):
+        if args.figure and f["name"] != args.figure:
+            continue
+        for p in plot_curves(stats, exp, f, figs / f"{args.experiment}_{f['name']}", note):
+            print(p)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from biocredit.aggregate import to_markdown
+    from biocredit.tracking import WandbRun, resolve_mode
+
+    cfg = _load(args)
+    tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
+    table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in cfg["experiments"]], ignore_index=True)
+    table.to_csv(tables / "paper_comparison.csv", index=False)
+    provs = {e: json.loads((tables / f"{e}_provenance.json").read_text()) for e in cfg["experiments"]}
+    lines = [f"- {e}: {p['runs']} runs, seeds {p['seeds']}, commit {', '.join(c[:12] for c in p['git_commits'])}, "
+             f"device {', '.join(p['devices'])}, torch {', '.join(p['torch'])}, "
+             f"total training wall time {p['wall_seconds_total']:.0f} s" for e, p in provs.items()]
+    header = (f"# Our numbers beside the papers' (scale: {cfg['scale']})\n\n"
+              "Generated by `snakemake` from config.yaml; values marked [recalled] in the source column are the "
+              "papers' numbers as remembered, not re-read.\n\n")
+    (tables / "paper_comparison.md").write_text(header + to_markdown(table, "Provenance:\n" + "\n".join(lines)))
+    wcfg = cfg.get("wandb", {})
+    with WandbRun(wandb_dir=_scale_dir(cfg) / "wandb", project=wcfg.get("project", "biocredit"),
+                  entity=wcfg.get("entity"), mode=resolve_mode(wcfg.get("mode")), name=f"aggregate-{cfg['scale']}",
+                  group="aggregate", job_type="aggregate", config={"scale": cfg["scale"], "provenance": provs},
+                  tags=[cfg["scale"]]) as run:
+        run.log_table("paper_comparison", table)
+        run.log_images({p.stem: p for p in sorted(figs.glob("*.png"))})
+    print(tables / "paper_comparison.md")
+    return 0
+
+
+def cmd_sync_wandb(args: argparse.Namespace) -> int:
+    from biocredit.tracking import sync_offline_runs
+
+    cfg = _load(args)
+    root = Path(args.dir) if args.dir else Path(cfg["results_dir"])
+    synced = sync_offline_runs(root, dry_run=args.dry_run)
+    print(f"{'would sync' if args.dry_run else 'synced'} {len(synced)} offline W&B run(s) under {root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="biocredit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="validate config.yaml and count the runs of the chosen scale")
+    _common(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("prepare-data", help="copy/download a dataset into the data folder and verify its hashes")
+    _common(p)
+    p.add_argument("dataset", choices=["mnist", "fashion_mnist", "cifar10"])
+    p.set_defaults(func=cmd_prepare_data)
+    p = sub.add_parser("train", help="train one experiment × method × seed")
+    _common(p)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", help="run folder (default: <results_dir>/<scale>/runs/<experiment>/<method>/seed<N>)")
+    p.set_defaults(func=cmd_train)
+    for name, func, helptext in (("aggregate", cmd_aggregate, "collect one experiment's runs into tables"),
+                                 ("figures", cmd_figures, "draw one experiment's figures from its tables")):
+        p = sub.add_parser(name, help=helptext)
+        _common(p)
+        p.add_argument("--experiment", required=True)
+        if name == "figures":
+            p.add_argument("--figure", help="draw only this figure (a name from the experiment's figures)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("compare", help="write paper_comparison.{csv,md} and log it with the figures to W&B")
+    _common(p)
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("sync-wandb", help="upload every offline W&B run (needs `wandb login` or WANDB_API_KEY)")
+    _common(p)
+    p.add_argument("--dir", help="folder to search for offline runs (default: results_dir)")
+    p.add_argument("--dry-run", action="store_true", help="only list the runs")
+    p.set_defaults(func=cmd_sync_wandb)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"biocredit: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # DataError and friends: one line, no traceback
+        from biocredit.data import DataError
+
+        if isinstance(e, DataError):
+            print(f"biocredit: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

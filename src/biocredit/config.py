@@ -1,0 +1,165 @@
+"""Load, validate and resolve config.yaml.
+
+Validation gives ONE line naming the key path and the problem, before any compute. The JSON schema
+(``config.schema.yaml``, shipped with the package) checks shape and types; :func:`check_semantics`
+checks what a schema cannot (rule names and their parameters, reported methods, input sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(str(resources.files("biocredit") / "config.schema.yaml"))
+SCALES = ("smoke", "quick", "paper")
+INPUT_SIZE = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072}
+N_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+
+# Train settings an experiment inherits when it does not set them.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 10,
+    "reduction": "sum",
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "weight_decay_mode": "l2",
+    "shuffle": True,
+    "angle_every": 100,
+}
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate(cfg: Mapping, source: str = "config.yaml") -> None:
+    """Raise ConfigError (one line) if ``cfg`` breaks the schema or the semantic checks."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.message))
+    if errors:
+        # The deepest error is the most specific one ("lr: -1 is less than the minimum"), not "not valid under any".
+        err = max(errors, key=lambda e: len(e.absolute_path))
+        raise ConfigError(f"{source}: {_key_path(err.absolute_path)}: {err.message.splitlines()[0]}")
+    check_semantics(cfg, source)
+
+
+def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
+    from biocredit.rules import RULES
+
+    for ename, exp in cfg["experiments"].items():
+        where = f"{source}: experiments.{ename}"
+        sizes = exp["net"]["sizes"]
+        if sizes[0] != INPUT_SIZE[exp["dataset"]]:
+            raise ConfigError(
+                f"{where}.net.sizes: first size {sizes[0]} does not match {exp['dataset']} inputs "
+                f"({INPUT_SIZE[exp['dataset']]}); set it to {INPUT_SIZE[exp['dataset']]}"
+            )
+        if sizes[-1] != N_CLASSES[exp["dataset"]]:
+            raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[exp['dataset']]} classes")
+        for mname, method in exp["methods"].items():
+            rule = method["rule"]
+            if rule not in RULES:
+                raise ConfigError(
+                    f"{where}.methods.{mname}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}"
+                )
+            try:
+                RULES[rule].resolve_params(method.get("params", {}))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ConfigError(f"{where}.methods.{mname}.params: {e}") from None
+        for i, claim in enumerate(exp.get("claims", [])):
+            for m in [*claim["lower"], *claim["higher"]]:
+                if m not in exp["methods"]:
+                    raise ConfigError(f"{where}.claims.{i}: {m!r} is not a method of this experiment ({', '.join(exp['methods'])})")
+        for i, rep in enumerate(exp.get("reported", [])):
+            if rep["method"] not in exp["methods"]:
+                raise ConfigError(
+                    f"{where}.reported.{i}.method: {rep['method']!r} is not a method of this experiment "
+                    f"({', '.join(exp['methods'])})"
+                )
+
+
+def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | None = None) -> dict:
+    """Read ``path``, apply ``overrides`` (``{'scale': 'smoke'}``, dotted keys allowed) and validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; pass --config PATH or run from the repository root")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        set_dotted(cfg, key, value)
+    validate(cfg, str(path))
+    return cfg
+
+
+def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    node = cfg
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def seeds(cfg: Mapping, experiment: str, scale: str | None = None) -> list[int]:
+    scale = scale or cfg["scale"]
+    return list(range(cfg["experiments"][experiment]["scales"][scale]["seeds"]))
+
+
+def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: str | None = None) -> dict:
+    """The fully resolved settings of one training run: everything that determines its numbers."""
+    from biocredit.rules import RULES
+
+    scale = scale or cfg["scale"]
+    if experiment not in cfg["experiments"]:
+        raise ConfigError(f"experiments.{experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
+    exp = cfg["experiments"][experiment]
+    if method not in exp["methods"]:
+        raise ConfigError(f"experiments.{experiment}.methods.{method}: no such method; known: {', '.join(exp['methods'])}")
+    m = exp["methods"][method]
+    train = deep_merge(deep_merge(TRAIN_DEFAULTS, exp["train"]), m.get("train", {}))
+    return {
+        "experiment": experiment,
+        "method": method,
+        "seed": int(seed),
+        "scale": scale,
+        "dataset": exp["dataset"],
+        "preprocess": exp.get("preprocess", "unit_interval"),
+        "net": deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
+        "loss": exp["loss"],
+        "train": train,
+        "rule": m["rule"],
+        "params": RULES[m["rule"]].resolve_params(m.get("params", {})),
+        **exp["scales"][scale],
+    }
+
+
+def config_hash(run_cfg: Mapping) -> str:
+    """Short SHA-256 of the canonical JSON of a resolved run config (provenance and checkpoint identity)."""
+    return hashlib.sha256(json.dumps(run_cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,58 @@
+"""Errors, normalised squared error and angles between updates (Lillicrap 2016 definitions)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from biocredit.nets import MLP
+from biocredit.rules.backprop import backprop_grads
+from biocredit.rules.base import StepResult
+
+
+def angle_deg(a: Tensor, b: Tensor) -> float:
+    """θ = arccos(aᵀb / (‖a‖‖b‖)) in degrees, over all elements; NaN if either vector is zero."""
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return math.nan
+    return math.degrees(math.acos(float((a @ b / (na * nb)).clamp(-1.0, 1.0))))
+
+
+def rowwise_angle_deg(a: Tensor, b: Tensor) -> Tensor:
+    """The angle between matching rows (one per example), in degrees; NaN where a row is zero."""
+    a, b = a.double(), b.double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+def update_angles(net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str) -> dict[str, float]:
+    """Compare a rule's updates on this minibatch with backprop's on the same minibatch.
+
+    Call right after ``rule.compute_grads`` (before the optimiser step). Returns, per hidden layer i:
+    ``angle_dh_i``: mean over examples of Δh_rule ∠ Δh_BP (Lillicrap's Δh_FA∠Δh_BP);
+    ``angle_dW_i``: the angle between the rule's and backprop's weight updates of W_i.
+    Layers a rule does not train or send a signal to are left out.
+    """
+    _, _, bp_grads, bp_dh = backprop_grads(net, x, target, loss, reduction)
+    bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads))
+    out: dict[str, float] = {}
+    for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}
+        if step.delta_h[i] is not None:
+            out[f"angle_dh_{i}"] = float(torch.nanmean(rowwise_angle_deg(step.delta_h[i], bp_dh[i])))
+        W = net.W[i - 1]
+        if W.grad is not None:
+            out[f"angle_dW_{i}"] = angle_deg(W.grad, bp_by_param[id(W)])
+    return out
+
+
+def classification_error(y: Tensor, labels: Tensor) -> float:
+    """Percentage of examples whose largest output is not the label."""
+    return 100.0 * float((y.argmax(dim=1) != labels).double().mean())
+
+
+def normalised_squared_error(y: Tensor, target: Tensor) -> float:
+    """NSE = Σ‖y* − y‖² / Σ‖y* − mean(y*)‖² (1 = predicting the mean, 0 = perfect)."""
+    return float(((target - y) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())

@@ -1,0 +1,132 @@
+"""Layer stacks: sizes, activations and initialisation, nothing about learning.
+
+Notation follows the papers: layer i computes a_i = W_i h_{i-1} + b_i and h_i = f_i(a_i), with
+h_0 = x and h_L = y the output. Weights are stored (out, in) and batches as rows, so in code
+a_i = h_{i-1} @ W_i.T + b_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+def activation(name: str, a: Tensor) -> Tensor:
+    if name == "sigmoid":
+        return torch.sigmoid(a)
+    if name == "tanh":
+        return torch.tanh(a)
+    if name == "relu":
+        return torch.relu(a)
+    if name == "linear":
+        return a
+    if name == "softmax":
+        return torch.softmax(a, dim=-1)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_derivative(name: str, a: Tensor, h: Tensor) -> Tensor:
+    """f'(a), written with the already computed h = f(a) where that is cheaper."""
+    if name == "sigmoid":
+        return h * (1 - h)
+    if name == "tanh":
+        return 1 - h * h
+    if name == "relu":
+        return (a > 0).to(a.dtype)
+    if name == "linear":
+        return torch.ones_like(a)
+    raise ValueError(f"activation {name!r} has no elementwise derivative (softmax pairs with cross_entropy)")
+
+
+def init_tensor(shape: tuple[int, ...], init: dict, generator: torch.Generator) -> Tensor:
+    """Draw a tensor from ``init`` = {distribution, scale} with an explicit generator (never the global RNG)."""
+    dist, scale = init["distribution"], float(init["scale"])
+    if dist == "uniform":  # U[-scale, scale]
+        return (torch.rand(shape, generator=generator) * 2 - 1) * scale
+    if dist == "normal":
+        return torch.randn(shape, generator=generator) * scale
+    if dist == "lecun_uniform":  # U[-scale*sqrt(3/fan_in), ...]: unit variance pre-activations for unit inputs
+        bound = scale * (3.0 / shape[-1]) ** 0.5
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    if dist == "orthogonal":  # a uniform matrix orthogonalised by SVD (all singular values = scale), as in the DTP code
+        m = torch.rand(shape, generator=generator) * 2 - 1
+        u, _, vh = torch.linalg.svd(m, full_matrices=False)
+        return (u @ vh) * scale
+    raise ValueError(f"unknown init distribution {dist!r}")
+
+
+@dataclass
+class Forward:
+    """What one minibatch produced: pre-activations a[i] (i = 1..L, a[0] unused) and activations h[0..L]."""
+
+    a: list[Tensor | None]
+    h: list[Tensor]
+
+    @property
+    def y(self) -> Tensor:
+        return self.h[-1]
+
+
+class MLP(nn.Module):
+    """A fully connected stack ``sizes[0] - ... - sizes[-1]``."""
+
+    def __init__(
+        self,
+        sizes: list[int],
+        hidden_activation: str,
+        output_activation: str,
+        bias: bool = True,
+        init: dict | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        init = init or {"distribution": "uniform", "scale": 0.05}
+        generator = generator or torch.Generator().manual_seed(0)
+        self.sizes = list(sizes)
+        self.activations = [hidden_activation] * (len(sizes) - 2) + [output_activation]
+        self.W = nn.ParameterList(
+            nn.Parameter(init_tensor((n_out, n_in), init, generator)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+        )
+        # Biases start at 0 (the DTP code; Lillicrap states none).
+        self.b = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes[1:]) if bias else None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.W)
+
+    def layer(self, i: int, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer i (1-based, as in the papers): returns (a_i, h_i)."""
+        a = h_prev @ self.W[i - 1].T
+        if self.b is not None:
+            a = a + self.b[i - 1]
+        return a, activation(self.activations[i - 1], a)
+
+    def forward_all(self, x: Tensor) -> Forward:
+        a: list[Tensor | None] = [None]
+        h = [x]
+        for i in range(1, self.n_layers + 1):
+            a_i, h_i = self.layer(i, h[-1])
+            a.append(a_i)
+            h.append(h_i)
+        return Forward(a=a, h=h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i in range(1, self.n_layers + 1):
+            _, x = self.layer(i, x)
+        return x
+
+    def weight_and_bias(self, i: int) -> list[nn.Parameter]:
+        return [self.W[i - 1]] + ([self.b[i - 1]] if self.b is not None else [])
+
+
+def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:
+    return MLP(
+        net_cfg["sizes"],
+        net_cfg["hidden_activation"],
+        net_cfg["output_activation"],
+        bias=net_cfg.get("bias", True),
+        init=net_cfg.get("init"),
+        generator=generator,
+    )

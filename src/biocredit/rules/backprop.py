@@ -1,0 +1,36 @@
+"""Backpropagation (the reference): exact gradients by autograd."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from biocredit.losses import loss_value
+from biocredit.nets import MLP
+from biocredit.rules.base import LearningRule, StepResult
+
+
+def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[Tensor, Tensor, list, list]:
+    """Autograd pass: (loss, y, [dL/dW_i, dL/db_i per parameter], [Δh_i = -dL/dh_i for hidden i = 1..L-1])."""
+    with torch.enable_grad():
+        fwd = net.forward_all(x)
+        hidden = fwd.h[1:-1]
+        value = loss_value(loss, fwd.a[-1], fwd.h[-1], target, reduction)
+        params = list(net.parameters())
+        grads = torch.autograd.grad(value, params + hidden)
+    n = len(params)
+    delta_h = [None] + [-g for g in grads[n:]]
+    return value.detach(), fwd.h[-1].detach(), list(grads[:n]), delta_h
+
+
+class Backprop(LearningRule):
+    """Δh_i = W_{i+1}^T delta_{i+1}: the gradient of the loss (Rumelhart et al. 1986)."""
+
+    name = "backprop"
+    compare_to_backprop = False
+
+    def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
+        value, y, grads, delta_h = backprop_grads(net, x, target, self.loss, self.reduction)
+        for p, g in zip(net.parameters(), grads):
+            p.grad = g
+        return StepResult(loss=value, output=y, delta_h=delta_h)

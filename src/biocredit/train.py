@@ -1,0 +1,307 @@
+"""The one training loop. It knows the learning-rule interface, never a rule by name.
+
+One run = one experiment × method × seed. Each epoch it evaluates on the full train and test sets,
+appends a row to ``metrics.csv``, logs it to W&B and writes a checkpoint; a killed run resumes from
+its last checkpoint and ends with the same numbers as an uninterrupted one. A non-finite loss stops
+the run and records it as ``diverged`` (exit code 0: the rest of the workflow goes on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from biocredit import data as datasets
+from biocredit.config import config_hash
+from biocredit.losses import loss_value
+from biocredit.metrics import classification_error, normalised_squared_error, update_angles
+from biocredit.nets import MLP, build_net
+from biocredit.rules import RULES
+from biocredit.tracking import WandbRun
+
+EVAL_CHUNK = 10_000
+DIVERGENCE_CHECK_EVERY = 50  # minibatches between finiteness checks (a check is a device sync)
+
+
+@dataclass
+class Task:
+    """Inputs, loss targets and (for classification) labels, already on the device."""
+
+    x_train: Tensor
+    t_train: Tensor
+    x_test: Tensor
+    t_test: Tensor
+    labels_train: Tensor | None = None
+    labels_test: Tensor | None = None
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {setting!r} asked for but CUDA is not available here; use device: auto or cpu")
+    return torch.device(setting)
+
+
+def preprocess(images: Any, how: str) -> Tensor:
+    x = torch.as_tensor(images).reshape(len(images), -1).float().div_(255.0)
+    if how == "unit_interval":
+        return x
+    raise ValueError(f"unknown preprocess {how!r}")
+
+
+def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) -> Task:
+    """Load the run's dataset (prepared and verified by :func:`biocredit.data.prepare`) onto the device."""
+    name = run_cfg["dataset"]
+    parts = {}
+    for split, subset_key in (("train", "train_subset"), ("test", "test_subset")):
+        images, labels = datasets.load_arrays(name, Path(data_dir), split)
+        n = run_cfg.get(subset_key) or len(labels)
+        x = preprocess(images[:n], run_cfg["preprocess"])
+        labels = torch.as_tensor(labels[:n]).long()
+        t = torch.nn.functional.one_hot(labels, run_cfg["net"]["sizes"][-1]).float()
+        parts[split] = (x.to(device), t.to(device), labels.to(device))
+    (xtr, ttr, ltr), (xte, tte, lte) = parts["train"], parts["test"]
+    return Task(xtr, ttr, xte, tte, ltr, lte)
+
+
+def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only, never on biases."""
+    wd = train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "l2" else 0.0
+    groups = [{"params": list(net.W), "weight_decay": wd}]
+    if net.b is not None:
+        groups.append({"params": list(net.b), "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=train_cfg["lr"], momentum=train_cfg.get("momentum", 0.0))
+
+
+@torch.no_grad()
+def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str) -> dict[str, float]:
+    """Mean per-example loss and error (% misclassified, or NSE for regression) on a whole set."""
+    total, outputs = 0.0, []
+    for s in range(0, len(x), EVAL_CHUNK):
+        fwd = net.forward_all(x[s : s + EVAL_CHUNK])
+        total += float(loss_value(loss, fwd.a[-1], fwd.h[-1], t[s : s + EVAL_CHUNK], "sum"))
+        outputs.append(fwd.h[-1])
+    y = torch.cat(outputs)
+    err = classification_error(y, labels) if labels is not None else normalised_squared_error(y, t)
+    return {"loss": total / len(x), "error": err}
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(",".join(keys) + "\n")
+            for r in rows:
+                f.write(",".join("" if r.get(k) is None else repr(r[k]) if isinstance(r.get(k), float) else str(r[k])
+                                 for k in keys) + "\n")
+
+    _atomic_write(path, write)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(
+    run_cfg: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    wandb_cfg: Mapping[str, Any] | None = None,
+    wandb_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one run described by a resolved run config (:func:`biocredit.config.resolve_run`).
+
+    Writes ``metrics.csv``, ``checkpoint.pt`` and finally ``summary.json`` into ``out_dir``; returns the summary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    seed, tc = run_cfg["seed"], run_cfg["train"]
+    chash = config_hash(run_cfg)
+    tag = f"[{run_cfg['experiment']}/{run_cfg['method']}/seed{seed}]"
+
+    generator = torch.Generator().manual_seed(seed)  # initial weights, feedback matrices, rule noise
+    net = build_net(run_cfg["net"], generator).to(dev)
+    rule = RULES[run_cfg["rule"]](net, run_cfg["params"], run_cfg["loss"], tc["reduction"], generator)
+    opt = make_optimizer(net, tc)
+    task = load_task(run_cfg, Path(data_dir), dev)
+
+    rows: list[dict[str, Any]] = []
+    start_epoch, wall_before, old_wandb_dir = 0, 0.0, None
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if state["config_hash"] == chash and state["status"] == "running":
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["optimizer"])
+            rule.load_state_dict(state["rule"])
+            generator.set_state(state["generator"])
+            rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
+            old_wandb_dir = state.get("wandb_run_dir")
+            _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
+        else:
+            _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
+
+    started = time.time()
+    provenance = {
+        "config_hash": chash,
+        "git_commit": git_commit(),
+        "seed": seed,
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "n_train": len(task.x_train),
+        "n_test": len(task.x_test),
+    }
+    wandb_cfg = dict(wandb_cfg or {})
+    tracker = WandbRun(
+        wandb_dir=Path(wandb_dir or out_dir / "wandb"),
+        project=wandb_cfg.get("project", "biocredit"),
+        entity=wandb_cfg.get("entity"),
+        mode=wandb_cfg.get("mode", "offline"),
+        name=f"{run_cfg['experiment']}-{run_cfg['method']}-seed{seed}",
+        group=run_cfg["experiment"],
+        job_type=run_cfg["method"],
+        config={**run_cfg, "provenance": provenance},
+        tags=[run_cfg["scale"], run_cfg["rule"]],
+        step_metric="epoch",
+        summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
+    )
+    if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
+        import shutil  # the interrupted W&B run is replaced by this one, which replays its rows
+
+        shutil.rmtree(old_wandb_dir, ignore_errors=True)
+    for r in rows:
+        tracker.log(r)
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _write_csv(out_dir / "metrics.csv", rows)
+        tracker.log(row)
+
+    def checkpoint(epoch: int, status: str) -> None:
+        state = {
+            "config_hash": chash, "status": status, "epoch": epoch, "rows": rows,
+            "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
+            "generator": generator.get_state(), "wall_seconds": wall_before + time.time() - started,
+            "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None, "run_config": dict(run_cfg),
+        }
+        _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    def eval_row(epoch: int, extra: Mapping[str, float]) -> dict[str, Any]:
+        t0 = time.time()
+        tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"])
+        te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"])
+        return {"epoch": epoch, "examples_seen": epoch * len(task.x_train),
+                "train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"], "test_error": te["error"],
+                **extra, "eval_seconds": time.time() - t0}
+
+    if start_epoch == 0 and not rows:
+        record(eval_row(0, {}))
+    status, diverged_at = "completed", None
+    n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
+    decay = (1.0 - tc["weight_decay"]) ** bs if tc["weight_decay_mode"] == "decoupled" else None
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.time()
+            extra = dict(rule.on_epoch_start(net, epoch))
+            order_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on resume
+            perm = torch.randperm(n, generator=order_gen) if tc["shuffle"] else torch.arange(n)
+            perm = perm.to(dev)
+            angle_sums: dict[str, list[float]] = {}
+            loss_acc = torch.zeros((), device=dev)
+            for k, s in enumerate(range(0, n, bs)):
+                idx = perm[s : s + bs]
+                x, t = task.x_train[idx], task.t_train[idx]
+                net.zero_grad(set_to_none=True)
+                step = rule.compute_grads(net, x, t)
+                if rule.compare_to_backprop and k % tc["angle_every"] == 0:
+                    for key, v in update_angles(net, x, t, step, run_cfg["loss"], tc["reduction"]).items():
+                        angle_sums.setdefault(key, []).append(v)
+                opt.step()
+                if decay is not None:
+                    with torch.no_grad():
+                        for W in net.W:
+                            W.mul_(decay)
+                rule.after_step(net)
+                loss_acc += step.loss
+                if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss_acc)):
+                    break
+            train_seconds = time.time() - t0
+            if not math.isfinite(float(loss_acc)):
+                status, diverged_at = "diverged", epoch
+                _log(f"{tag} DIVERGED in epoch {epoch}: the training loss became {float(loss_acc)}; run stopped")
+                record({"epoch": epoch, "examples_seen": epoch * n, "train_loss": math.nan, "train_error": math.nan,
+                        "test_loss": math.nan, "test_error": math.nan, "epoch_seconds": train_seconds})
+                break
+            angles = {k: float(torch.tensor(v).nanmean()) for k, v in angle_sums.items()}
+            row = eval_row(epoch, {**extra, **angles, "epoch_seconds": train_seconds})
+            record(row)
+            checkpoint(epoch, "running")
+            _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.2f}"
+                 f"  ({train_seconds:.1f} s train + {row['eval_seconds']:.1f} s eval)")
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+
+    last = rows[-1]
+    finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
+    summary = {
+        "experiment": run_cfg["experiment"], "method": run_cfg["method"], "rule": run_cfg["rule"], "seed": seed,
+        "scale": run_cfg["scale"], "status": status, "diverged_at_epoch": diverged_at,
+        "epochs": epochs, "epochs_done": last["epoch"],
+        "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+        "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
+        "wall_seconds": wall_before + time.time() - started,
+        "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "run_config": dict(run_cfg),
+        "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None,
+    }
+    checkpoint(last["epoch"], status)
+    tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
+                     "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"]})
+    tracker.finish(exit_code=0)
+    _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str)))
+    return summary

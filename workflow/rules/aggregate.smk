@@ -1,0 +1,16 @@
+rule aggregate:
+    input:
+        lambda w: run_summaries(w.experiment),
+    output:
+        runs=f"{RESULTS}/tables/{{experiment}}_runs.csv",
+        curves=f"{RESULTS}/tables/{{experiment}}_curves.csv",
+        comparison=f"{RESULTS}/tables/{{experiment}}_comparison.csv",
+        provenance=f"{RESULTS}/tables/{{experiment}}_provenance.json",
+    params:
+        reported=lambda w: [experiment_cfg(w.experiment).get(k, []) for k in ("reported", "claims")],
+    log:
+        f"{RESULTS}/logs/aggregate/{{experiment}}.log",
+    message:
+        "Aggregating the runs of {wildcards.experiment}"
+    shell:
+        f"{cli('aggregate')} --experiment {{wildcards.experiment}} > {{log}} 2>&1"

@@ -1,0 +1,61 @@
+# Config validation (one line per problem, before any job runs), paths, and the run list.
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from biocredit.config import SCHEMA_PATH, ConfigError, resolve_run, seeds
+from biocredit.config import validate as biocredit_validate
+from biocredit.data import DATASET_FOLDERS
+
+try:
+    biocredit_validate(config, "config (config.yaml + --config/--configfile)")
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+validate(config, str(SCHEMA_PATH))
+
+SCALE = config["scale"]
+RESULTS = f"{config['results_dir']}/{SCALE}"
+DATA = config.get("data", {}).get("dir", "data")
+EXPERIMENTS = list(config["experiments"])
+PY = sys.executable
+
+# Every job reads the merged config (config.yaml + command-line overrides) from one file, rewritten only
+# when its content changes. Reruns are driven by each job's `params` (its resolved settings), so touching
+# one experiment in config.yaml reruns only what depends on that experiment.
+MERGED_CONFIG = Path(RESULTS) / "config.merged.yaml"
+_text = yaml.safe_dump(dict(config), sort_keys=False)
+if not MERGED_CONFIG.exists() or MERGED_CONFIG.read_text() != _text:
+    MERGED_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    MERGED_CONFIG.write_text(_text)
+CLI = f"{PY} -m biocredit {{subcommand}} --config {MERGED_CONFIG}"
+
+
+def cli(subcommand):
+    return CLI.format(subcommand=subcommand)
+
+
+def experiment_cfg(experiment):
+    return config["experiments"][experiment]
+
+
+def run_summaries(experiment):
+    return expand(
+        f"{RESULTS}/runs/{experiment}/{{method}}/seed{{seed}}/summary.json",
+        method=list(experiment_cfg(experiment)["methods"]),
+        seed=seeds(config, experiment),
+    )
+
+
+def figure_files(experiment):
+    return expand(
+        f"{RESULTS}/figures/{experiment}_{{fig}}.{{ext}}",
+        fig=[f["name"] for f in experiment_cfg(experiment).get("figures", [])],
+        ext=["png", "pdf"],
+    )
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+    seed=r"\d+",
+    method=r"[A-Za-z0-9_]+",
