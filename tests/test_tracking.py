@@ -93,7 +93,11 @@ def test_offline_run_records_history_config_summary_and_metadata(tmp_path: Path,
     assert recorded["config"] == {"lr": 1e-3, "net": {"sizes": [784, 1000, 10]}, "method": "fa", "seed": 0}
     meta = recorded["run"]
     assert (meta["id"], meta["project"], meta["name"], meta["group"], meta["job_type"]) == (
-        run.run_id, "biocredit-test", "lillicrap_mnist-fa-s0", "lillicrap_mnist", "train",
+        run.run_id,
+        "biocredit-test",
+        "lillicrap_mnist-fa-s0",
+        "lillicrap_mnist",
+        "train",
     )
     assert meta["tags"] == ["smoke", "fa"]
     assert recorded["summary"]["final_test_error"] == TEST_ERRORS[-1]
@@ -307,6 +311,29 @@ def test_sync_without_api_key_raises_a_one_line_error(tmp_path: Path):
         tracking.sync_offline_runs(tmp_path)
     message = str(info.value)
     assert "\n" not in message and "WANDB_API_KEY" in message and "wandb login" in message
+
+
+def test_sync_runs_wandb_sync_once_per_offline_run(tmp_path: Path, monkeypatch, capsys):
+    for seed in range(2):
+        make_run(tmp_path, config={"seed": seed}).finish()
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, check=False):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(tracking.subprocess, "run", fake_run)
+    synced = tracking.sync_offline_runs(tmp_path)
+    assert synced == tracking.find_offline_runs(tmp_path)
+    assert calls == [[sys.executable, "-m", "wandb", "sync", str(p)] for p in synced]
+    assert "[2/2]" in capsys.readouterr().out
+
+    monkeypatch.setattr(
+        tracking.subprocess, "run", lambda cmd, check=False: subprocess.CompletedProcess(cmd, 1)
+    )
+    with pytest.raises(RuntimeError, match="failed for 2 of 2"):
+        tracking.sync_offline_runs(tmp_path)
 
 
 def test_summary_specs_map_to_what_wandb_accepts():

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
 from biocredit.config import ConfigError, load_config, resolve_run, seeds
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -29,7 +32,10 @@ def _load(args: argparse.Namespace) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set device=cpu")
         k, v = item.split("=", 1)
-        overrides[k] = yaml.safe_load(v)
+        value = yaml.safe_load(v)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+            value = float(value)  # YAML 1.1 (PyYAML) reads 1e-3 as a string; --set lr=1e-3 means the number
+        overrides[k] = value
     if args.scale:
         overrides["scale"] = args.scale
     return load_config(args.config, overrides)

@@ -82,7 +82,8 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
             try:
                 RULES[rule].resolve_params(method.get("params", {}))
             except (KeyError, TypeError, ValueError) as e:
-                raise ConfigError(f"{where}.methods.{mname}.params: {e}") from None
+                why = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+                raise ConfigError(f"{where}.methods.{mname}.params: {why}") from None
         for i, claim in enumerate(exp.get("claims", [])):
             for m in [*claim["lower"], *claim["higher"]]:
                 if m not in exp["methods"]:

@@ -3,12 +3,15 @@
 Every call into ``wandb`` is wrapped: on any exception we emit ONE one-line :class:`WandbWarning` naming the
 problem and saying that training carries on (offline, or without W&B), and then carry on.
 
-* ``online`` runs whose ``wandb.init`` fails (no API key, no network, broken service) are retried once in
-  ``offline`` mode with the same run id; the failure is remembered for the rest of the process, so later runs
-  go straight to offline instead of paying the connection timeout again. Offline runs can be uploaded later
-  with :func:`sync_offline_runs` (``wandb sync``).
+* ``online`` runs whose ``wandb.init`` fails (no API key: immediately; no network: after ``INIT_TIMEOUT_S``)
+  are retried in ``offline`` mode (same run id after a missing key; a fresh id after a failure that reached
+  W&B's service, which keeps the old id registered). The failure is remembered for the rest of the process,
+  so later runs go straight to offline instead of paying the connection timeout again. Offline runs can be
+  uploaded later with :func:`sync_offline_runs` (``wandb sync``).
 * If the offline start fails too, the :class:`WandbRun` becomes a no-op.
 * ``disabled`` never imports ``wandb`` at all.
+* ``finish()`` returns once the offline run's transaction log is on disk (wandb's own ``run.finish()``
+  returns a few ms before that), so the run folder can be read back straight away.
 
 Several runs per process work sequentially (``reinit="create_new"``). The W&B service process is torn down
 by wandb's own ``atexit`` hook (a run left unfinished is finished there); :func:`shutdown` does it
@@ -38,6 +41,7 @@ import string
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -47,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
 __all__ = [
+    "FINISH_WAIT_S",
     "INIT_TIMEOUT_S",
     "WandbRun",
     "WandbWarning",
@@ -60,9 +65,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds ``wandb.init`` may take before we give up (wandb's default is 90). Only an online start can take
-#: this long (an unreachable server with an API key set); an offline start takes well under a second.
+#: Seconds ``wandb.init`` may take before we give up (wandb's default is 90; the environment variable
+#: WANDB_INIT_TIMEOUT overrides this). Only an online start can take this long (an unreachable server with an
+#: API key set); an offline start takes well under a second.
 INIT_TIMEOUT_S = 30.0
+
+#: Seconds finish() waits at most for W&B's service to write the run's transaction log out (normally a few ms).
+FINISH_WAIT_S = 5.0
 
 MODES = ("online", "offline", "disabled")
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
@@ -79,7 +88,9 @@ class WandbWarning(UserWarning):
 
 
 def _one_line(exc: BaseException | str, limit: int = 240) -> str:
-    text = exc if isinstance(exc, str) else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    text = (
+        exc if isinstance(exc, str) else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    )
     first = " ".join(text.strip().splitlines()[:1]) or text.strip()
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
@@ -239,7 +250,9 @@ class WandbRun:
             reinit="create_new",
         )
         if self.mode == "online" and _online_failed is not None:
-            log.info("W&B: online start failed earlier in this process (%s); starting offline", _online_failed)
+            log.info(
+                "W&B: online start failed earlier in this process (%s); starting offline", _online_failed
+            )
             self.mode = "offline"
         offline_ids = [init_kwargs["id"]]
         if self.mode == "online":
@@ -267,7 +280,9 @@ class WandbRun:
                     break
                 except Exception as exc:  # noqa: BLE001
                     if attempt == len(offline_ids):
-                        self._warn("offline", f"offline start failed ({_one_line(exc)}); carrying on without W&B")
+                        self._warn(
+                            "offline", f"offline start failed ({_one_line(exc)}); carrying on without W&B"
+                        )
                         self.mode = "disabled"
                         self._run = None
                         return
@@ -278,8 +293,12 @@ class WandbRun:
 
     # -- internals -----------------------------------------------------------------------------------------
     def _settings(self) -> Any:
+        try:  # wandb's own WANDB_INIT_TIMEOUT is honoured; otherwise our short default
+            init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT_S)
+        except ValueError:
+            init_timeout = INIT_TIMEOUT_S
         wanted = dict(
-            init_timeout=INIT_TIMEOUT_S,
+            init_timeout=init_timeout,
             console="off",  # no stdout/stderr capture threads
             silent=True,
             x_disable_stats=True,  # no system-metrics process (wandb-symon)
@@ -381,8 +400,42 @@ class WandbRun:
         def finish() -> None:
             self._run.finish(exit_code=exit_code)
 
+        finished = self._run is not None
         self._call(finish)
         self._run = None
+        if finished and self.mode == "offline" and self.run_dir is not None:
+            self._wait_for_transaction_log()
+
+    def _wait_for_transaction_log(self) -> None:
+        """Wait (at most FINISH_WAIT_S) until W&B's service has written the run's transaction log out.
+
+        ``run.finish()`` returns before wandb-core's writer has flushed and closed ``run-<id>.wandb`` (in
+        offline mode the file often holds only its 7-byte header at that moment, the rest follows a few ms
+        later), so without this a reader right after finish (the aggregate step, the tests) would see a
+        truncated run. The log is complete once its last record is the run's exit record.
+        """
+        deadline = time.monotonic() + FINISH_WAIT_S
+        last_size = -1
+        delay = 0.002
+        while True:
+            try:
+                log_file = _transaction_log(self.run_dir)
+                size = log_file.stat().st_size if log_file is not None else -1
+                if size != last_size and log_file is not None:
+                    last_size = size
+                    if _ends_with_exit_record(log_file):
+                        return
+            except Exception:  # noqa: BLE001 - keep waiting until the deadline
+                pass
+            if time.monotonic() >= deadline:
+                self._warn(
+                    "flush",
+                    f"the run's transaction log in {self.run_dir} was not complete {FINISH_WAIT_S:g} s after "
+                    "finish; carrying on (it may still be written)",
+                )
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def __enter__(self) -> WandbRun:
         return self
@@ -534,6 +587,17 @@ def _scan_records(path: Path) -> list[bytes]:
     return records
 
 
+def _ends_with_exit_record(log_file: Path) -> bool:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    records = _scan_records(log_file)
+    if not records:
+        return False
+    record = pb.Record()
+    record.ParseFromString(records[-1])
+    return record.WhichOneof("record_type") == "exit"
+
+
 def _item_path(item: Any) -> list[str]:
     return list(item.nested_key) if len(item.nested_key) else [item.key]
 
@@ -578,7 +642,14 @@ def read_offline_run(run_dir: Path) -> dict[str, Any]:
     if log_file is None:
         raise FileNotFoundError(f"no .wandb transaction log in {run_dir}")
 
-    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "metrics": [], "exit_code": None}
+    out: dict[str, Any] = {
+        "run": {},
+        "config": {},
+        "summary": {},
+        "history": [],
+        "metrics": [],
+        "exit_code": None,
+    }
     for raw in _scan_records(log_file):
         record = pb.Record()
         record.ParseFromString(raw)

@@ -29,7 +29,7 @@ from biocredit.losses import loss_value
 from biocredit.metrics import classification_error, normalised_squared_error, update_angles
 from biocredit.nets import MLP, build_net
 from biocredit.rules import RULES
-from biocredit.tracking import WandbRun
+from biocredit.tracking import WandbRun, resolve_mode
 
 EVAL_CHUNK = 10_000
 DIVERGENCE_CHECK_EVERY = 50  # minibatches between finiteness checks (a check is a device sync)
@@ -200,7 +200,7 @@ def train(
         wandb_dir=Path(wandb_dir or out_dir / "wandb"),
         project=wandb_cfg.get("project", "biocredit"),
         entity=wandb_cfg.get("entity"),
-        mode=wandb_cfg.get("mode", "offline"),
+        mode=resolve_mode(wandb_cfg.get("mode")),
         name=f"{run_cfg['experiment']}-{run_cfg['method']}-seed{seed}",
         group=run_cfg["experiment"],
         job_type=run_cfg["method"],

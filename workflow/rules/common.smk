@@ -47,6 +47,11 @@ def run_summaries(experiment):
     )
 
 
+def dataset_marker(experiment):
+    """The verified.json that rule prepare_data writes for the experiment's dataset."""
+    return f"{DATA}/{DATASET_FOLDERS[experiment_cfg(experiment)['dataset']]}/verified.json"
+
+
 def figure_files(experiment):
     return expand(
         f"{RESULTS}/figures/{experiment}_{{fig}}.{{ext}}",

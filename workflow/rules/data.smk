@@ -12,7 +12,3 @@ rule prepare_data:
         "Preparing and verifying the {params.dataset} dataset"
     shell:
         f"{cli('prepare-data')} {{params.dataset}} > {{log}} 2>&1"
-
-
-def dataset_marker(experiment):
-    return f"{DATA}/{DATASET_FOLDERS[experiment_cfg(experiment)['dataset']]}/verified.json"

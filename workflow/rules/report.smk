@@ -16,7 +16,9 @@ rule compare:
 rule sync_wandb:
     # Upload every offline W&B run of this scale once you have a key: snakemake sync_wandb --cores 1
     localrule: True
+    log:
+        f"{RESULTS}/logs/sync_wandb.log",
     message:
         "Syncing the offline W&B runs under {RESULTS}"
     shell:
-        f"{cli('sync-wandb')} --dir {RESULTS}/wandb"
+        f"{cli('sync-wandb')} --dir {RESULTS}/wandb 2>&1 | tee {{log}}"
