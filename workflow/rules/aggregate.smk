@@ -8,6 +8,8 @@ rule aggregate:
         provenance=f"{RESULTS}/tables/{{experiment}}_provenance.json",
     params:
         reported=lambda w: [experiment_cfg(w.experiment).get(k, []) for k in ("reported", "claims")],
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/aggregate/{{experiment}}.log",
     message:

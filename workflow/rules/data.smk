@@ -6,6 +6,8 @@ rule prepare_data:
         f"{DATA}/{{folder}}/verified.json",
     params:
         dataset=lambda w: FOLDER_TO_DATASET[w.folder],
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/prepare_data/{{folder}}.log",
     message:

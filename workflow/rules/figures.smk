@@ -14,6 +14,8 @@ rule figures:
     params:
         figure=lambda w: next(f for f in experiment_cfg(w.experiment)["figures"] if f["name"] == w.fig),
         methods=lambda w: experiment_cfg(w.experiment)["methods"],
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/figures/{{experiment}}_{{fig}}.log",
     message:

@@ -5,6 +5,8 @@ rule compare:
     output:
         csv=report(f"{RESULTS}/tables/paper_comparison.csv", caption="../report/comparison.rst", category="Tables"),
         md=f"{RESULTS}/tables/paper_comparison.md",
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/compare.log",
     message:
@@ -16,6 +18,10 @@ rule compare:
 rule sync_wandb:
     # Upload every offline W&B run of this scale once you have a key: snakemake sync_wandb --cores 1
     localrule: True
+    conda:
+        "../../environment.yml"
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/sync_wandb.log",
     message:

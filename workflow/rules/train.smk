@@ -7,6 +7,8 @@ rule train:
     params:
         # Everything that determines the run's numbers: a change reruns this job only.
         run=lambda w: resolve_run(config, w.experiment, w.method, int(w.seed)),
+    conda:
+        "../../environment.yml"
     log:
         f"{RESULTS}/logs/train/{{experiment}}/{{method}}/seed{{seed}}.log",
     threads: config.get("threads", 1)
