@@ -60,19 +60,31 @@ def validate(cfg: Mapping, source: str = "config.yaml") -> None:
     check_semantics(cfg, source)
 
 
+def _check_sizes(exp: Mapping, where: str) -> None:
+    sizes, dataset = exp["net"]["sizes"], exp["dataset"]
+    if dataset.startswith("synthetic_"):
+        task = exp.get("task")
+        if task is None:
+            raise ConfigError(f"{where}.task: a synthetic dataset needs its task settings (n_train, n_test, ...)")
+        n_in, n_out = (task["sizes"][0], task["sizes"][-1]) if "sizes" in task else (task.get("n_in"), task.get("n_out"))
+        if (n_in is not None and sizes[0] != n_in) or (n_out is not None and sizes[-1] != n_out):
+            raise ConfigError(f"{where}.net.sizes: {sizes} does not match the task's inputs/outputs ({n_in}, {n_out})")
+        return
+    if sizes[0] != INPUT_SIZE[dataset]:
+        raise ConfigError(
+            f"{where}.net.sizes: first size {sizes[0]} does not match {dataset} inputs "
+            f"({INPUT_SIZE[dataset]}); set it to {INPUT_SIZE[dataset]}"
+        )
+    if sizes[-1] != N_CLASSES[dataset]:
+        raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[dataset]} classes")
+
+
 def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
     from biocredit.rules import RULES
 
     for ename, exp in cfg["experiments"].items():
         where = f"{source}: experiments.{ename}"
-        sizes = exp["net"]["sizes"]
-        if sizes[0] != INPUT_SIZE[exp["dataset"]]:
-            raise ConfigError(
-                f"{where}.net.sizes: first size {sizes[0]} does not match {exp['dataset']} inputs "
-                f"({INPUT_SIZE[exp['dataset']]}); set it to {INPUT_SIZE[exp['dataset']]}"
-            )
-        if sizes[-1] != N_CLASSES[exp["dataset"]]:
-            raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[exp['dataset']]} classes")
+        _check_sizes(exp, where)
         for mname, method in exp["methods"].items():
             rule = method["rule"]
             if rule not in RULES:
@@ -152,6 +164,7 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "scale": scale,
         "dataset": exp["dataset"],
         "preprocess": exp.get("preprocess", "unit_interval"),
+        "task": exp.get("task"),
         "net": deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
         "loss": exp["loss"],
         "train": train,

@@ -37,7 +37,7 @@ def update_angles(net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: s
     Layers a rule does not train or send a signal to are left out.
     """
     _, _, bp_grads, bp_dh = backprop_grads(net, x, target, loss, reduction)
-    bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads))
+    bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads, strict=False))
     out: dict[str, float] = {}
     for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}
         if step.delta_h[i] is not None:

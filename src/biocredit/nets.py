@@ -87,7 +87,7 @@ class MLP(nn.Module):
         self.sizes = list(sizes)
         self.activations = [hidden_activation] * (len(sizes) - 2) + [output_activation]
         self.W = nn.ParameterList(
-            nn.Parameter(init_tensor((n_out, n_in), init, generator)) for n_in, n_out in zip(sizes[:-1], sizes[1:])
+            nn.Parameter(init_tensor((n_out, n_in), init, generator)) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False)
         )
         # Biases start at 0 (the DTP code; Lillicrap states none).
         self.b = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes[1:]) if bias else None

@@ -62,9 +62,22 @@ def preprocess(images: Any, how: str) -> Tensor:
     raise ValueError(f"unknown preprocess {how!r}")
 
 
+SYNTHETIC_TASKS = {"synthetic_linear": "synthetic_linear_task", "synthetic_teacher": "synthetic_teacher_task"}
+
+
 def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) -> Task:
-    """Load the run's dataset (prepared and verified by :func:`biocredit.data.prepare`) onto the device."""
+    """Load the run's task onto the device.
+
+    Image datasets come from the data folder (prepared and verified by :func:`biocredit.data.prepare`);
+    synthetic regression tasks are generated from the run's seed (``task.seed_offset`` added), so every
+    method of a seed sees the same target map and the same pre-generated example sequence.
+    """
     name = run_cfg["dataset"]
+    if name in SYNTHETIC_TASKS:
+        spec = dict(run_cfg["task"])
+        seed = run_cfg["seed"] + spec.pop("seed_offset", 0)
+        t = getattr(datasets, SYNTHETIC_TASKS[name])(seed, **spec)
+        return Task(t["x_train"].to(device), t["y_train"].to(device), t["x_test"].to(device), t["y_test"].to(device))
     parts = {}
     for split, subset_key in (("train", "train_subset"), ("test", "test_subset")):
         images, labels = datasets.load_arrays(name, Path(data_dir), split)
@@ -206,7 +219,7 @@ def train(
         job_type=run_cfg["method"],
         config={**run_cfg, "provenance": provenance},
         tags=[run_cfg["scale"], run_cfg["rule"]],
-        step_metric="epoch",
+        step_metric="examples_seen" if tc.get("eval_every_examples") else "epoch",
         summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
     )
     if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
@@ -230,18 +243,32 @@ def train(
         }
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
-    def eval_row(epoch: int, extra: Mapping[str, float]) -> dict[str, Any]:
+    n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
+    eval_every = tc.get("eval_every_examples")  # also evaluate inside epochs (synthetic tasks: "every N examples")
+
+    def eval_row(examples_seen: int, extra: Mapping[str, float]) -> dict[str, Any]:
         t0 = time.time()
         tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"])
         te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"])
-        return {"epoch": epoch, "examples_seen": epoch * len(task.x_train),
+        epoch = examples_seen // n if examples_seen % n == 0 else round(examples_seen / n, 6)
+        return {"epoch": epoch, "examples_seen": examples_seen,
                 "train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"], "test_error": te["error"],
                 **extra, "eval_seconds": time.time() - t0}
+
+    def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
+        """Mean (and sd, as Lillicrap's error bars) of the angles measured since the last row."""
+        out = {}
+        for key, v in angle_sums.items():
+            v_t = torch.tensor(v, dtype=torch.float64)
+            out[key] = float(v_t.nanmean())
+            if len(v) > 1:
+                out[f"{key}_sd"] = float(v_t[~v_t.isnan()].std()) if (~v_t.isnan()).sum() > 1 else math.nan
+        angle_sums.clear()
+        return out
 
     if start_epoch == 0 and not rows:
         record(eval_row(0, {}))
     status, diverged_at = "completed", None
-    n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
     decay = (1.0 - tc["weight_decay"]) ** bs if tc["weight_decay_mode"] == "decoupled" else None
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
@@ -252,6 +279,7 @@ def train(
             perm = perm.to(dev)
             angle_sums: dict[str, list[float]] = {}
             loss_acc = torch.zeros((), device=dev)
+            seen = (epoch - 1) * n
             for k, s in enumerate(range(0, n, bs)):
                 idx = perm[s : s + bs]
                 x, t = task.x_train[idx], task.t_train[idx]
@@ -267,8 +295,11 @@ def train(
                             W.mul_(decay)
                 rule.after_step(net)
                 loss_acc += step.loss
+                seen += len(idx)
                 if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss_acc)):
                     break
+                if eval_every and seen % eval_every == 0 and seen != epoch * n:
+                    record(eval_row(seen, window_angles(angle_sums)))
             train_seconds = time.time() - t0
             if not math.isfinite(float(loss_acc)):
                 status, diverged_at = "diverged", epoch
@@ -276,11 +307,10 @@ def train(
                 record({"epoch": epoch, "examples_seen": epoch * n, "train_loss": math.nan, "train_error": math.nan,
                         "test_loss": math.nan, "test_error": math.nan, "epoch_seconds": train_seconds})
                 break
-            angles = {k: float(torch.tensor(v).nanmean()) for k, v in angle_sums.items()}
-            row = eval_row(epoch, {**extra, **angles, "epoch_seconds": train_seconds})
+            row = eval_row(epoch * n, {**extra, **window_angles(angle_sums), "epoch_seconds": train_seconds})
             record(row)
             checkpoint(epoch, "running")
-            _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.2f}"
+            _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.4g}"
                  f"  ({train_seconds:.1f} s train + {row['eval_seconds']:.1f} s eval)")
     except BaseException:
         tracker.finish(exit_code=1)

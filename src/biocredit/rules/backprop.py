@@ -31,6 +31,6 @@ class Backprop(LearningRule):
 
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
         value, y, grads, delta_h = backprop_grads(net, x, target, self.loss, self.reduction)
-        for p, g in zip(net.parameters(), grads):
+        for p, g in zip(net.parameters(), grads, strict=False):
             p.grad = g
         return StepResult(loss=value, output=y, delta_h=delta_h)

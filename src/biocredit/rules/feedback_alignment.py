@@ -43,7 +43,7 @@ class FeedbackAlignment(LearningRule):
                 (torch.rand(W.shape, generator=generator) >= p["weight_sparsity"]).to(W.device, W.dtype) for W in net.W
             ]
             with torch.no_grad():
-                for W, m in zip(net.W, self.masks):
+                for W, m in zip(net.W, self.masks, strict=False):
                     W.mul_(m)
 
     @torch.no_grad()
@@ -54,14 +54,14 @@ class FeedbackAlignment(LearningRule):
         for i in range(1, net.n_layers + 1):
             set_layer_grads(net, i, delta[i], fwd.h[i - 1])
         if self.masks is not None:
-            for W, m in zip(net.W, self.masks):
+            for W, m in zip(net.W, self.masks, strict=False):
                 W.grad.mul_(m)
         return StepResult(loss=loss, output=fwd.h[-1], delta_h=delta_h)
 
     @torch.no_grad()
     def after_step(self, net: MLP) -> None:
         if self.masks is not None:  # weight decay or momentum must not regrow a removed synapse
-            for W, m in zip(net.W, self.masks):
+            for W, m in zip(net.W, self.masks, strict=False):
                 W.mul_(m)
 
     def state_dict(self) -> dict[str, Any]:
