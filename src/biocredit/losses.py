@@ -16,6 +16,9 @@ from biocredit.nets import Forward, activation_derivative
 
 
 def _reduce(per_example: Tensor, reduction: str) -> Tensor:
+    """'sum' or 'mean' over the minibatch; 'none' keeps one loss per example."""
+    if reduction == "none":
+        return per_example
     return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
