@@ -84,24 +84,50 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
             "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": verdict,
         })
     for claim in exp.get("claims", []):
-        metric = claim["metric"]
-        means = ok.groupby("method")[f"final_{metric}"].mean()
-        lower, higher = claim["lower"], claim["higher"]
-        missing = [m for m in [*lower, *higher] if m not in means]
-        if missing:
-            verdict, stat = f"no finished run of {', '.join(missing)}", ""
-        else:
-            holds = all(means[a] < means[b] for a in lower for b in higher)
-            verdict = "holds" if holds else "does NOT hold"
-            stat = "; ".join(f"{m} {means[m]:.2f}" for m in [*lower, *higher])
+        verdict, stat = claim_verdict(claim, ok)
         rows.append({
             "experiment": exp_name, "figure": exp.get("figure", ""), "claim": claim["text"],
-            "method": ", ".join([*lower, *higher]), "metric": metric, "paper": math.nan, "unit": claim.get("unit", ""),
-            "source": claim["source"], "ours_mean": math.nan, "ours_sd": math.nan, "n": len(ok), "n_diverged":
-            int((runs["status"] == "diverged").sum()), "statistic": stat, "scale": scale, "epochs": epochs,
-            "tolerance": math.nan, "verdict": verdict,
+            "method": ", ".join([*claim["lower"], *claim.get("higher", [])]), "metric": claim["metric"], "paper": math.nan,
+            "unit": claim.get("unit", ""), "source": claim["source"] + (
+                f"; paper: {claim['paper_statistic']}" if claim.get("paper_statistic") else ""),
+            "ours_mean": math.nan, "ours_sd": math.nan, "n": len(ok),
+            "n_diverged": int((runs["status"] == "diverged").sum()), "statistic": stat, "scale": scale,
+            "epochs": epochs, "tolerance": math.nan, "verdict": verdict,
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]:
+    """'holds' if every `lower` method ends below every `higher` one in mean (and, with `test`, the t-test
+    over seeds of lower[0] vs higher[0] gives p < alpha)."""
+    col = f"final_{claim['metric']}"
+    means = ok.groupby("method")[col].mean()
+    lower, higher = claim["lower"], claim.get("higher", [])
+    missing = [m for m in [*lower, *higher] if m not in means or pd.isna(means[m])]
+    if missing:
+        return f"no finished run of {', '.join(missing)}", ""
+    if "below_metric" in claim:
+        other = ok.groupby("method")[f"final_{claim['below_metric']}"].mean()
+        holds = all(means[a] < other[a] for a in lower)
+        return ("holds" if holds else "does NOT hold"), "; ".join(
+            f"{m}: {claim['metric']} {means[m]:.4g} vs {claim['below_metric']} {other[m]:.4g}" for m in lower)
+    if "below" in claim:
+        holds = all(means[a] < claim["below"] for a in lower)
+    else:
+        holds = all(means[a] < means[b] for a in lower for b in higher)
+    stat = "; ".join(f"{m} {means[m]:.4g}" for m in [*lower, *higher])
+    if claim.get("test"):
+        from scipy import stats
+
+        a = ok.loc[ok["method"] == lower[0], col].astype(float)
+        b = ok.loc[ok["method"] == higher[0], col].astype(float)
+        if min(len(a), len(b)) < 2:
+            return "too few seeds for a t-test", stat
+        t, p = stats.ttest_ind(a, b, equal_var=claim["test"] == "student")
+        alpha = claim.get("alpha", 0.05)
+        stat += f"; {claim['test']} t = {t:.2f}, p = {p:.2g} (n = {len(a)}, {len(b)})"
+        holds = holds and p < alpha
+    return ("holds" if holds else "does NOT hold"), stat
 
 
 def to_markdown(table: pd.DataFrame, provenance: str = "") -> str:

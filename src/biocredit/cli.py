@@ -105,7 +105,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from biocredit.figures import plot_curves
+    from biocredit.aggregate import run_dir
+    from biocredit.figures import plot_curves, plot_receptive_fields
 
     cfg = _load(args)
     exp = cfg["experiments"][args.experiment]
@@ -117,8 +118,49 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for f in exp.get("figures", []):
         if args.figure and f["name"] != args.figure:
             continue
-        for p in plot_curves(stats, exp, f, figs / f"{args.experiment}_{f['name']}", note):
+        stem = figs / f"{args.experiment}_{f['name']}"
+        if f["kind"] == "receptive_fields":
+            first_seed = seeds(cfg, args.experiment)[0]
+            dirs = {m: run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, first_seed)
+                    for m in f.get("methods") or exp["methods"]}
+            paths = plot_receptive_fields(exp, f, dirs, stem, note)
+        else:
+            paths = plot_curves(stats, exp, f, stem, note)
+        for p in paths:
             print(p)
+    return 0
+
+
+def cmd_analysis(args: argparse.Namespace) -> int:
+    """An analysis computed from update equations (no training runs): figure + summary + comparison rows."""
+    import pandas as pd
+
+    from biocredit import dynamics
+    from biocredit.aggregate import COMPARISON_COLUMNS
+
+    cfg = _load(args)
+    if args.analysis not in cfg.get("analyses", {}):
+        raise ConfigError(f"analyses.{args.analysis}: no such analysis; known: {', '.join(cfg.get('analyses', {}))}")
+    a = cfg["analyses"][args.analysis]
+    tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
+    tables.mkdir(parents=True, exist_ok=True)
+    kw = {"T": a.get("T", 1.0), "B": a.get("B", 1.0), "start": tuple(a.get("start", (0.01, 0.01))),
+          "eta": a.get("eta", 0.01), "n_examples": a.get("n_examples", 1000), "seed": a.get("seed", 0)}
+    for p in dynamics.plot_dynamics(figs / args.analysis, **kw):
+        print(p)
+    summary = dynamics.summarise_dynamics(**kw)
+    (tables / f"{args.analysis}_summary.json").write_text(json.dumps(summary, indent=2))
+    row = dict.fromkeys(COMPARISON_COLUMNS, "")
+    exp_, sim = summary["expected"], summary["fa_rule"]
+    row.update({
+        "experiment": args.analysis, "figure": a.get("figure", ""), "method": "feedback_alignment",
+        "claim": "a trajectory from near (0, 0) ends on the stable branch W0·W = T with W > 0 (sign of B)",
+        "metric": "W0·W", "source": a["source"], "n": 1, "n_diverged": 0, "scale": cfg["scale"], "epochs": 0,
+        "statistic": f"expected flow ends at W0 = {exp_['W0']:.3f}, W = {exp_['W']:.3f} (W0·W = {exp_['W0_W']:.4f}); "
+                     f"FA rule ends at W0 = {sim['W0']:.3f}, W = {sim['W']:.3f} (W0·W = {sim['W0_W']:.4f})",
+        "verdict": "holds" if exp_["on_stable_branch"] and sim["on_stable_branch"] else "does NOT hold",
+    })
+    pd.DataFrame([row], columns=COMPARISON_COLUMNS).to_csv(tables / f"{args.analysis}_comparison.csv", index=False)
     return 0
 
 
@@ -130,7 +172,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
-    table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in cfg["experiments"]], ignore_index=True)
+    names = [*cfg["experiments"], *cfg.get("analyses", {})]
+    table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in names], ignore_index=True)
     table.to_csv(tables / "paper_comparison.csv", index=False)
     provs = {e: json.loads((tables / f"{e}_provenance.json").read_text()) for e in cfg["experiments"]}
     lines = [f"- {e}: {p['runs']} runs, seeds {p['seeds']}, commit {', '.join(c[:12] for c in p['git_commits'])}, "
@@ -186,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "figures":
             p.add_argument("--figure", help="draw only this figure (a name from the experiment's figures)")
         p.set_defaults(func=func)
+    p = sub.add_parser("analysis", help="compute an analysis of update equations (e.g. the 1-1-1 FA dynamics)")
+    _common(p)
+    p.add_argument("--analysis", required=True)
+    p.set_defaults(func=cmd_analysis)
     p = sub.add_parser("compare", help="write paper_comparison.{csv,md} and log it with the figures to W&B")
     _common(p)
     p.set_defaults(func=cmd_compare)

@@ -60,8 +60,8 @@ def validate(cfg: Mapping, source: str = "config.yaml") -> None:
     check_semantics(cfg, source)
 
 
-def _check_sizes(exp: Mapping, where: str) -> None:
-    sizes, dataset = exp["net"]["sizes"], exp["dataset"]
+def _check_sizes(exp: Mapping, where: str, sizes: list[int]) -> None:
+    dataset = exp["dataset"]
     if dataset.startswith("synthetic_"):
         task = exp.get("task")
         if task is None:
@@ -84,9 +84,11 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
 
     for ename, exp in cfg["experiments"].items():
         where = f"{source}: experiments.{ename}"
-        _check_sizes(exp, where)
+        _check_sizes(exp, where, exp["net"]["sizes"])
         for mname, method in exp["methods"].items():
             rule = method["rule"]
+            if "sizes" in method.get("net", {}):
+                _check_sizes(exp, f"{where}.methods.{mname}", method["net"]["sizes"])
             if rule not in RULES:
                 raise ConfigError(
                     f"{where}.methods.{mname}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}"
@@ -97,9 +99,15 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
                 why = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
                 raise ConfigError(f"{where}.methods.{mname}.params: {why}") from None
         for i, claim in enumerate(exp.get("claims", [])):
-            for m in [*claim["lower"], *claim["higher"]]:
+            for m in [*claim["lower"], *claim.get("higher", [])]:
                 if m not in exp["methods"]:
                     raise ConfigError(f"{where}.claims.{i}: {m!r} is not a method of this experiment ({', '.join(exp['methods'])})")
+        for i, fig in enumerate(exp.get("figures", [])):
+            for m in fig.get("methods", []):
+                if m not in exp["methods"]:
+                    raise ConfigError(f"{where}.figures.{i}.methods: {m!r} is not a method of this experiment")
+            if fig["kind"] == "curves" and not (fig.get("metric") or fig.get("metrics")):
+                raise ConfigError(f"{where}.figures.{i}: a 'curves' figure needs 'metric' or 'metrics'")
         for i, rep in enumerate(exp.get("reported", [])):
             if rep["method"] not in exp["methods"]:
                 raise ConfigError(
@@ -165,7 +173,8 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "dataset": exp["dataset"],
         "preprocess": exp.get("preprocess", "unit_interval"),
         "task": exp.get("task"),
-        "net": deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
+        "net": deep_merge(deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
+                          m.get("net", {})),
         "loss": exp["loss"],
         "train": train,
         "rule": m["rule"],

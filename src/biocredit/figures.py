@@ -1,7 +1,8 @@
-"""Figures from the aggregated tables (matplotlib, PNG and PDF)."""
+"""Figures from the aggregated tables and the runs' final weights (matplotlib, PNG and PDF)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,39 +12,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
-# A consistent palette across figures: Lillicrap's figures draw BP in black and FA in green.
-DEFAULT_COLORS = {"backprop": "black", "feedback_alignment": "tab:green", "shallow": "tab:gray"}
-METRIC_LABELS = {"test_error": "Test error (%)", "train_error": "Train error (%)", "test_loss": "Test loss",
-                 "train_loss": "Train loss"}
+# One palette across figures; Lillicrap's figures draw BP in black and FA in green.
+DEFAULT_COLORS = {"backprop": "black", "feedback_alignment": "tab:green", "shallow": "tab:gray",
+                  "node_perturbation": "tab:orange"}
+METRIC_LABELS = {
+    "test_error": "Test error (%)", "train_error": "Train error (%)", "test_loss": "Test loss",
+    "train_loss": "Train loss", "angle_dh_1": "Δh ∠ Δh_BP (°)", "angle_dW_1": "ΔW₁ ∠ ΔW₁,BP (°)",
+    "angle_dh_pbp_1": "Δh ∠ Δh_PBP (°)",
+}
+X_LABELS = {"epoch": "Epoch", "examples_seen": "Examples seen"}
 
 
-def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], out_stem: Path,
-                provenance: str = "") -> list[Path]:
-    """Metric vs epoch, mean ± sd over seeds, one line per method; writes ``out_stem``.png and .pdf."""
-    metric = fig_cfg["metric"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for mname, method in exp["methods"].items():
-        d = stats[stats["method"] == mname].sort_values("epoch")
-        if d.empty:
-            continue
-        if fig_cfg.get("log_y"):
-            d = d[d["epoch"] > 0]  # the initial (chance-level) point squashes a log axis
-        color = method.get("color") or DEFAULT_COLORS.get(method["rule"])
-        mean, sd = d[f"{metric}_mean"], d[f"{metric}_sd"].fillna(0)
-        label = f"{method.get('label', mname)} (n = {int(d['n'].max())})"
-        ax.plot(d["epoch"], mean, color=color, label=label, marker="o" if len(d) < 12 else None, ms=3)
-        ax.fill_between(d["epoch"], mean - sd, mean + sd, color=color, alpha=0.2, lw=0)
-    for rep in exp.get("reported", []):
-        if rep["metric"] == metric and rep["method"] in exp["methods"]:
-            m = exp["methods"][rep["method"]]
-            ax.axhline(rep["value"], color=m.get("color") or DEFAULT_COLORS.get(m["rule"]), ls=":", lw=1)
-    if fig_cfg.get("log_y"):
-        ax.set_yscale("log")
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title(exp["title"], fontsize=9)
-    ax.legend(fontsize=8, title="dotted: paper's value", title_fontsize=7)
+def method_color(method: Mapping[str, Any]) -> str | None:
+    return method.get("color") or DEFAULT_COLORS.get(method["rule"])
+
+
+def _save(fig: plt.Figure, out_stem: Path, provenance: str) -> list[Path]:
     if provenance:
         fig.text(0.01, 0.005, provenance, fontsize=5, color="0.4")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
@@ -53,3 +39,87 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         fig.savefig(p, dpi=150)
     plt.close(fig)
     return paths
+
+
+def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], out_stem: Path,
+                provenance: str = "") -> list[Path]:
+    """Metric(s) vs epoch or examples seen, mean ± sd over seeds, one line per method, one panel per metric.
+
+    With ``band: window`` the band is ± 2 sd of the metric within each logging window (averaged over
+    seeds), as Lillicrap's angle plots; otherwise ± 1 sd over seeds. Writes ``out_stem``.png and .pdf.
+    """
+    metrics = fig_cfg.get("metrics") or [fig_cfg["metric"]]
+    x = fig_cfg.get("x", "epoch")
+    methods = fig_cfg.get("methods") or list(exp["methods"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for mname in methods:
+            method = exp["methods"][mname]
+            d = stats[stats["method"] == mname].sort_values(x)
+            if d.empty or f"{metric}_mean" not in d or d[f"{metric}_mean"].isna().all():
+                continue
+            if fig_cfg.get("log_y"):
+                d = d[d[f"{metric}_mean"] > 0]
+                if x == "epoch":
+                    d = d[d["epoch"] > 0]  # the initial (chance-level) point squashes a log axis
+            color = method_color(method)
+            mean = d[f"{metric}_mean"]
+            if fig_cfg.get("band") == "window" and f"{metric}_sd_mean" in d:
+                half = 2 * d[f"{metric}_sd_mean"].fillna(0)
+            else:
+                half = d[f"{metric}_sd"].fillna(0)
+            label = f"{method.get('label', mname)} (n = {int(d['n'].max())})"
+            ax.plot(d[x], mean, color=color, label=label, marker="o" if len(d) < 12 else None, ms=3, lw=1.2)
+            ax.fill_between(d[x], mean - half, mean + half, color=color, alpha=0.2, lw=0)
+        for rep in exp.get("reported", []):
+            if rep["metric"] == metric and rep["method"] in methods:
+                ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
+        if fig_cfg.get("log_y"):
+            ax.set_yscale("log")
+        if metric.startswith("angle_"):
+            ax.axhline(90, color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel(X_LABELS.get(x, x))
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.legend(fontsize=7, title="dotted: paper's value" if exp.get("reported") else None, title_fontsize=7)
+    fig.suptitle(exp["title"], fontsize=9)
+    return _save(fig, out_stem, provenance)
+
+
+def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
+                          out_stem: Path, provenance: str = "") -> list[Path]:
+    """Incoming weights of ``n_units`` random hidden units (the same units in every panel) as 28×28 images:
+    the initial weights, then each method's final weights (Lillicrap preprint, supplementary figure).
+
+    ``run_dirs`` maps method -> the run folder (seed 0) holding ``checkpoint.pt``.
+    """
+    from biocredit.nets import build_net
+
+    n_units = fig_cfg.get("n_units", 100)
+    side = int(math.ceil(math.sqrt(n_units)))
+    panels: list[tuple[str, torch.Tensor]] = []
+    first = None
+    for mname, d in run_dirs.items():
+        state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        if first is None:
+            run_cfg = state["run_config"]
+            init = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"]))
+            panels.append(("Initial", init.W[0].detach()))
+            first = run_cfg
+        panels.append((exp["methods"][mname].get("label", mname), state["net"]["W.0"]))
+    n_hidden, n_in = panels[0][1].shape
+    img = int(math.isqrt(n_in))
+    units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, W) in zip(axes[0], panels, strict=True):
+        tiles = torch.zeros(side * (img + 1), side * (img + 1))
+        for k, u in enumerate(units.tolist()):
+            w = W[u].reshape(img, img)
+            w = (w - w.mean()) / (w.std() + 1e-12)  # per-unit contrast, as receptive-field plots do
+            r, c = divmod(k, side)
+            tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = w
+        ax.imshow(tiles.numpy(), cmap="gray", vmin=-3, vmax=3)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{exp['title']}: receptive fields of {n_units} random hidden units (seed {first['seed']})",
+                 fontsize=9)
+    return _save(fig, out_stem, provenance)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from biocredit.losses import output_delta
 from biocredit.nets import MLP
 from biocredit.rules.backprop import backprop_grads
 from biocredit.rules.base import StepResult
@@ -28,12 +29,16 @@ def rowwise_angle_deg(a: Tensor, b: Tensor) -> Tensor:
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
-def update_angles(net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str) -> dict[str, float]:
+def update_angles(
+    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False
+) -> dict[str, float]:
     """Compare a rule's updates on this minibatch with backprop's on the same minibatch.
 
     Call right after ``rule.compute_grads`` (before the optimiser step). Returns, per hidden layer i:
     ``angle_dh_i``: mean over examples of Δh_rule ∠ Δh_BP (Lillicrap's Δh_FA∠Δh_BP);
     ``angle_dW_i``: the angle between the rule's and backprop's weight updates of W_i.
+    ``angle_dh_pbp_{L-1}`` (if ``pbp``): Δh_rule ∠ Δh_PBP for the top hidden layer, with pseudo-backprop's
+    Δh_PBP = W⁺e (Lillicrap preprint Fig. 4; e generalised to −δ_L, the output error signal).
     Layers a rule does not train or send a signal to are left out.
     """
     _, _, bp_grads, bp_dh = backprop_grads(net, x, target, loss, reduction)
@@ -45,6 +50,13 @@ def update_angles(net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: s
         W = net.W[i - 1]
         if W.grad is not None:
             out[f"angle_dW_{i}"] = angle_deg(W.grad, bp_by_param[id(W)])
+    top = net.n_layers - 1
+    if pbp and top >= 1 and step.delta_h[top] is not None:
+        with torch.no_grad():
+            fwd = net.forward_all(x)
+            e = -output_delta(loss, net.activations[-1], fwd, target, reduction)
+            dh_pbp = e @ torch.linalg.pinv(net.W[-1]).T  # rows: W⁺e per example
+        out[f"angle_dh_pbp_{top}"] = float(torch.nanmean(rowwise_angle_deg(step.delta_h[top], dh_pbp)))
     return out
 
 

@@ -286,7 +286,8 @@ def train(
                 net.zero_grad(set_to_none=True)
                 step = rule.compute_grads(net, x, t)
                 if rule.compare_to_backprop and k % tc["angle_every"] == 0:
-                    for key, v in update_angles(net, x, t, step, run_cfg["loss"], tc["reduction"]).items():
+                    for key, v in update_angles(net, x, t, step, run_cfg["loss"], tc["reduction"],
+                                                  pbp=tc.get("pbp_angle", False)).items():
                         angle_sums.setdefault(key, []).append(v)
                 opt.step()
                 if decay is not None:

@@ -18,6 +18,7 @@ SCALE = config["scale"]
 RESULTS = f"{config['results_dir']}/{SCALE}"
 DATA = config.get("data", {}).get("dir", "data")
 EXPERIMENTS = list(config["experiments"])
+ANALYSES = list(config.get("analyses", {}))
 PY = sys.executable
 
 # Every job reads the merged config (config.yaml + command-line overrides) from one file, rewritten only
@@ -62,5 +63,6 @@ def figure_files(experiment):
 
 wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
+    analysis="|".join(ANALYSES) or "^$",
     seed=r"\d+",
     method=r"[A-Za-z0-9_]+",

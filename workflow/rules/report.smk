@@ -1,6 +1,6 @@
 rule compare:
     input:
-        comparisons=expand(f"{RESULTS}/tables/{{experiment}}_comparison.csv", experiment=EXPERIMENTS),
+        comparisons=expand(f"{RESULTS}/tables/{{name}}_comparison.csv", name=EXPERIMENTS + ANALYSES),
         figures=[f for e in EXPERIMENTS for f in figure_files(e)],
     output:
         csv=report(f"{RESULTS}/tables/paper_comparison.csv", caption="../report/comparison.rst", category="Tables"),
@@ -20,11 +20,28 @@ rule sync_wandb:
     localrule: True
     conda:
         "../../environment.yml"
-    conda:
-        "../../environment.yml"
     log:
         f"{RESULTS}/logs/sync_wandb.log",
     message:
         "Syncing the offline W&B runs under {RESULTS}"
     shell:
         f"{cli('sync-wandb')} --dir {RESULTS}/wandb 2>&1 | tee {{log}}"
+
+
+rule analysis:
+    # Analyses of update equations (no training runs), e.g. Lillicrap's 1-1-1 dynamics.
+    output:
+        figure=report(f"{RESULTS}/figures/{{analysis}}.png", caption="../report/analysis.rst", category="{analysis}"),
+        pdf=f"{RESULTS}/figures/{{analysis}}.pdf",
+        summary=f"{RESULTS}/tables/{{analysis}}_summary.json",
+        comparison=f"{RESULTS}/tables/{{analysis}}_comparison.csv",
+    params:
+        analysis=lambda w: config["analyses"][w.analysis],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/{{analysis}}.log",
+    message:
+        "Computing the analysis {wildcards.analysis}"
+    shell:
+        f"{cli('analysis')} --analysis {{wildcards.analysis}} > {{log}} 2>&1"
