@@ -173,6 +173,7 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "dataset": exp["dataset"],
         "preprocess": exp.get("preprocess", "unit_interval"),
         "task": exp.get("task"),
+        "valid_size": exp.get("valid_size"),
         "net": deep_merge(deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
                           m.get("net", {})),
         "loss": exp["loss"],

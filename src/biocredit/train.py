@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from biocredit import data as datasets
+from biocredit import optim
 from biocredit.config import config_hash
 from biocredit.losses import loss_value
 from biocredit.metrics import classification_error, normalised_squared_error, update_angles
@@ -45,6 +46,9 @@ class Task:
     t_test: Tensor
     labels_train: Tensor | None = None
     labels_test: Tensor | None = None
+    x_valid: Tensor | None = None  # a held-out part of the training set (e.g. DTP's 50k/10k/10k split)
+    t_valid: Tensor | None = None
+    labels_valid: Tensor | None = None
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
@@ -78,25 +82,32 @@ def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) 
         seed = run_cfg["seed"] + spec.pop("seed_offset", 0)
         t = getattr(datasets, SYNTHETIC_TASKS[name])(seed, **spec)
         return Task(t["x_train"].to(device), t["y_train"].to(device), t["x_test"].to(device), t["y_test"].to(device))
-    parts = {}
-    for split, subset_key in (("train", "train_subset"), ("test", "test_subset")):
-        images, labels = datasets.load_arrays(name, Path(data_dir), split)
-        n = run_cfg.get(subset_key) or len(labels)
-        x = preprocess(images[:n], run_cfg["preprocess"])
-        labels = torch.as_tensor(labels[:n]).long()
-        t = torch.nn.functional.one_hot(labels, run_cfg["net"]["sizes"][-1]).float()
-        parts[split] = (x.to(device), t.to(device), labels.to(device))
-    (xtr, ttr, ltr), (xte, tte, lte) = parts["train"], parts["test"]
-    return Task(xtr, ttr, xte, tte, ltr, lte)
+    n_classes = run_cfg["net"]["sizes"][-1]
+
+    def tensors(images: Any, labels: Any) -> tuple[Tensor, Tensor, Tensor]:
+        x = preprocess(images, run_cfg["preprocess"])
+        lab = torch.as_tensor(labels).long()
+        return x.to(device), torch.nn.functional.one_hot(lab, n_classes).float().to(device), lab.to(device)
+
+    images, labels = datasets.load_arrays(name, Path(data_dir), "train")
+    n_valid = run_cfg.get("valid_size") or 0  # the LAST n_valid training examples are held out
+    n_fit = len(labels) - n_valid
+    n_train = min(run_cfg.get("train_subset") or n_fit, n_fit)
+    xtr, ttr, ltr = tensors(images[:n_train], labels[:n_train])
+    valid = tensors(images[n_fit:], labels[n_fit:]) if n_valid else (None, None, None)
+    images, labels = datasets.load_arrays(name, Path(data_dir), "test")
+    n_test = run_cfg.get("test_subset") or len(labels)
+    xte, tte, lte = tensors(images[:n_test], labels[:n_test])
+    return Task(xtr, ttr, xte, tte, ltr, lte, *valid)
 
 
 def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only, never on biases."""
+    """The forward weights' optimiser; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only."""
     wd = train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "l2" else 0.0
     groups = [{"params": list(net.W), "weight_decay": wd}]
     if net.b is not None:
         groups.append({"params": list(net.b), "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=train_cfg["lr"], momentum=train_cfg.get("momentum", 0.0))
+    return optim.make_optimizer(groups, dict(train_cfg))
 
 
 @torch.no_grad()
@@ -250,10 +261,14 @@ def train(
         t0 = time.time()
         tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"])
         te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"])
+        va = {}
+        if task.x_valid is not None:
+            v = evaluate(net, task.x_valid, task.t_valid, task.labels_valid, run_cfg["loss"])
+            va = {"valid_loss": v["loss"], "valid_error": v["error"]}
         epoch = examples_seen // n if examples_seen % n == 0 else round(examples_seen / n, 6)
         return {"epoch": epoch, "examples_seen": examples_seen,
-                "train_loss": tr["loss"], "train_error": tr["error"], "test_loss": te["loss"], "test_error": te["error"],
-                **extra, "eval_seconds": time.time() - t0}
+                "train_loss": tr["loss"], "train_error": tr["error"], **va, "test_loss": te["loss"],
+                "test_error": te["error"], **extra, "eval_seconds": time.time() - t0}
 
     def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
         """Mean (and sd, as Lillicrap's error bars) of the angles measured since the last row."""
@@ -273,10 +288,16 @@ def train(
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.time()
-            extra = dict(rule.on_epoch_start(net, epoch))
             order_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on resume
             perm = torch.randperm(n, generator=order_gen) if tc["shuffle"] else torch.arange(n)
             perm = perm.to(dev)
+
+            def batches(perm: Tensor = perm):
+                """This epoch's minibatches (x, target) in training order, for rules with a phase of their own."""
+                for s in range(0, n, bs):
+                    yield task.x_train[perm[s : s + bs]], task.t_train[perm[s : s + bs]]
+
+            extra = dict(rule.on_epoch_start(net, epoch, batches))
             angle_sums: dict[str, list[float]] = {}
             loss_acc = torch.zeros((), device=dev)
             seen = (epoch - 1) * n

@@ -14,7 +14,7 @@ through one shared function (:func:`biocredit.metrics.update_angles`) without kn
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,8 +58,10 @@ class LearningRule:
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
         raise NotImplementedError
 
-    def on_epoch_start(self, net: MLP, epoch: int) -> dict[str, float]:
-        """Hook for rules with a phase of their own each epoch (e.g. an inverse-training pass). Returns metrics."""
+    def on_epoch_start(self, net: MLP, epoch: int, batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]) -> dict[str, float]:
+        """Hook for rules with a phase of their own each epoch, before its forward updates (e.g. DTP's
+        inverse-training pass over ``batches()``, the epoch's minibatches in training order). Returns metrics
+        to log with the epoch's row."""
         return {}
 
     def after_step(self, net: MLP) -> None:
