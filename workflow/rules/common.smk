@@ -49,8 +49,9 @@ def run_summaries(experiment):
 
 
 def dataset_marker(experiment):
-    """The verified.json that rule prepare_data writes for the experiment's dataset."""
-    return f"{DATA}/{DATASET_FOLDERS[experiment_cfg(experiment)['dataset']]}/verified.json"
+    """The verified.json that rule prepare_data writes for the experiment's dataset (none for synthetic tasks)."""
+    folder = DATASET_FOLDERS.get(experiment_cfg(experiment)["dataset"])
+    return [f"{DATA}/{folder}/verified.json"] if folder else []
 
 
 def figure_files(experiment):
