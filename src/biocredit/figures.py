@@ -16,11 +16,13 @@ import torch  # noqa: E402
 
 # One palette across figures; Lillicrap's figures draw BP in black and FA in green.
 DEFAULT_COLORS = {"backprop": "black", "feedback_alignment": "tab:green", "shallow": "tab:gray",
-                  "node_perturbation": "tab:orange"}
+                  "node_perturbation": "tab:orange", "difference_target_prop": "tab:blue", "target_prop": "tab:red"}
 METRIC_LABELS = {
     "test_error": "Test error (%)", "train_error": "Train error (%)", "test_loss": "Test loss",
     "train_loss": "Train loss", "angle_dh_1": "Δh ∠ Δh_BP (°)", "angle_dW_1": "ΔW₁ ∠ ΔW₁,BP (°)",
-    "angle_dh_pbp_1": "Δh ∠ Δh_PBP (°)",
+    "angle_dh_pbp_1": "Δh ∠ Δh_PBP (°)", "valid_error": "Validation error (%)",
+    **{f"angle_dh_{i}": f"Δh{chr(0x2080 + i)} ∠ Δh{chr(0x2080 + i)},BP (°)" for i in range(2, 10)},
+    **{f"angle_dW_{i}": f"ΔW{chr(0x2080 + i)} ∠ ΔW{chr(0x2080 + i)},BP (°)" for i in range(2, 10)},
 }
 X_LABELS = {"epoch": "Epoch", "examples_seen": "Examples seen"}
 

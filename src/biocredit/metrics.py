@@ -9,7 +9,7 @@ from torch import Tensor
 
 from biocredit.losses import output_delta
 from biocredit.nets import MLP
-from biocredit.rules.backprop import backprop_grads
+from biocredit.rules.backprop import backprop_explicit
 from biocredit.rules.base import StepResult
 
 
@@ -41,7 +41,7 @@ def update_angles(
     Δh_PBP = W⁺e (Lillicrap preprint Fig. 4; e generalised to −δ_L, the output error signal).
     Layers a rule does not train or send a signal to are left out.
     """
-    _, _, bp_grads, bp_dh = backprop_grads(net, x, target, loss, reduction)
+    bp_grads, bp_dh = backprop_explicit(net, x, target, loss, reduction)
     bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads, strict=False))
     out: dict[str, float] = {}
     for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}

@@ -81,7 +81,9 @@ def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) 
         spec = dict(run_cfg["task"])
         seed = run_cfg["seed"] + spec.pop("seed_offset", 0)
         t = getattr(datasets, SYNTHETIC_TASKS[name])(seed, **spec)
-        return Task(t["x_train"].to(device), t["y_train"].to(device), t["x_test"].to(device), t["y_test"].to(device))
+        n_tr, n_te = run_cfg.get("train_subset"), run_cfg.get("test_subset")  # smoke scale: a prefix only
+        return Task(t["x_train"][:n_tr].to(device), t["y_train"][:n_tr].to(device),
+                    t["x_test"][:n_te].to(device), t["y_test"][:n_te].to(device))
     n_classes = run_cfg["net"]["sizes"][-1]
 
     def tensors(images: Any, labels: Any) -> tuple[Tensor, Tensor, Tensor]:

