@@ -73,16 +73,16 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
             label = f"{method.get('label', mname)} (n = {int(d['n'].max())})"
             ax.plot(d[x], mean, color=color, label=label, marker="o" if len(d) < 12 else None, ms=3, lw=1.2)
             ax.fill_between(d[x], mean - half, mean + half, color=color, alpha=0.2, lw=0)
-        for rep in exp.get("reported", []):
-            if rep["metric"] == metric and rep["method"] in methods:
-                ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
+        shown = [r for r in exp.get("reported", []) if r["metric"] == metric and r["method"] in methods]
+        for rep in shown:
+            ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
         if fig_cfg.get("log_y"):
             ax.set_yscale("log")
         if metric.startswith("angle_"):
             ax.axhline(90, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.legend(fontsize=7, title="dotted: paper's value" if exp.get("reported") else None, title_fontsize=7)
+        ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
     fig.suptitle(exp["title"], fontsize=9)
     return _save(fig, out_stem, provenance)
 
