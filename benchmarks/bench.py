@@ -1,0 +1,147 @@
+"""Speed of every learning rule against backprop on the same net, per experiment of config.yaml.
+
+For each experiment and method: build the net and rule exactly as a run would (same sizes,
+activations, loss, batch size, optimiser), feed random inputs of the right shape (timing does not
+depend on the values), and time one "epoch" of K minibatches: the rule's own epoch phase
+(``on_epoch_start``, e.g. DTP's inverse pass) plus K forward updates and optimiser steps. Warm-up
+first, then R repeats; reports the median and the spread (min-max), and the ratio to backprop on the
+same net measured in the same process, interleaved. Angle measurements and evaluation are excluded
+(they are the same for every rule).
+
+    python benchmarks/bench.py [--experiments a,b] [--steps 200] [--repeats 5] [--device cpu|cuda]
+    python benchmarks/bench.py --write   # also writes benchmarks/results.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from biocredit.config import load_config, resolve_run
+from biocredit.nets import build_net
+from biocredit.rules import RULES
+from biocredit.train import make_optimizer, resolve_device
+
+HERE = Path(__file__).resolve().parent
+N_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+
+
+def make_rule(run_cfg: dict, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    net = build_net(run_cfg["net"], g).to(device)
+    rule = RULES[run_cfg["rule"]](net, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], g)
+    return net, rule, make_optimizer(net, run_cfg["train"])
+
+
+def epoch_seconds(run_cfg: dict, steps: int, device: torch.device, batches: list) -> float:
+    """Seconds for one pass of ``steps`` minibatches (rule epoch phase + forward updates)."""
+    net, rule, opt = make_rule(run_cfg, device)
+
+    def run_once() -> float:
+        t0 = time.perf_counter()
+        rule.on_epoch_start(net, 1, lambda: iter(batches))
+        for x, t in batches:
+            net.zero_grad(set_to_none=True)
+            rule.compute_grads(net, x, t)
+            opt.step()
+            rule.after_step(net)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run_once()  # warm-up
+    return run_once
+
+
+def bench_experiment(cfg: dict, name: str, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    exp = cfg["experiments"][name]
+    methods = list(exp["methods"])
+    bp_like = next((m for m in methods if exp["methods"][m]["rule"] == "backprop"), None)
+    rows = []
+    for m in methods:
+        rc = resolve_run(cfg, name, m, 0, scale="paper")
+        ref = m if bp_like is None else bp_like
+        rc_ref = resolve_run(cfg, name, ref, 0, scale="paper")
+        if rc_ref["net"]["sizes"] != rc["net"]["sizes"]:  # compare with BP on the same net
+            rc_ref = {**rc_ref, "net": rc["net"]}
+        bs = rc["train"]["batch_size"]
+        n_train = rc["task"]["n_train"] if rc.get("task") else N_TRAIN[rc["dataset"]] - (rc.get("valid_size") or 0)
+        g = torch.Generator().manual_seed(1)
+        sizes = rc["net"]["sizes"]
+        batches = [(torch.randn(bs, sizes[0], generator=g).to(device),
+                    torch.softmax(torch.randn(bs, sizes[-1], generator=g), 1).to(device)) for _ in range(steps)]
+        if rc["loss"] == "cross_entropy":
+            batches = [(x, torch.nn.functional.one_hot(t.argmax(1), sizes[-1]).float()) for x, t in batches]
+        run_rule = epoch_seconds(rc, steps, device, batches)
+        run_bp = epoch_seconds({**rc_ref, "rule": "backprop", "params": {}}, steps, device, batches)
+        t_rule, t_bp = [], []
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+            t_rule.append(run_rule())
+            t_bp.append(run_bp())
+        med, med_bp = statistics.median(t_rule), statistics.median(t_bp)
+        ratios = [a / b for a, b in zip(t_rule, t_bp, strict=True)]
+        rows.append({
+            "experiment": name, "method": m, "rule": rc["rule"], "net": "-".join(map(str, sizes)),
+            "batch_size": bs, "samples_per_s": steps * bs / med,
+            "epoch_seconds": med * n_train / (steps * bs), "bp_epoch_seconds": med_bp * n_train / (steps * bs),
+            "over_bp": med / med_bp, "over_bp_min": min(ratios), "over_bp_max": max(ratios),
+            "spread_pct": 100 * (max(t_rule) - min(t_rule)) / med,
+        })
+        print(f"{name:20s} {m:18s} {rows[-1]['samples_per_s']:10.0f} samples/s  "
+              f"{rows[-1]['epoch_seconds']:8.2f} s/epoch  x{rows[-1]['over_bp']:.2f} BP", flush=True)
+    return rows
+
+
+def to_markdown(rows: list[dict], machine: str) -> str:
+    head = "| experiment | method | net | batch | samples/s | s/epoch | BP s/epoch | rule / BP (min–max) | spread |"
+    lines = [f"Machine: {machine}\n", head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['experiment']} | {r['method']} | {r['net']} | {r['batch_size']} | {r['samples_per_s']:.0f} "
+                     f"| {r['epoch_seconds']:.2f} | {r['bp_epoch_seconds']:.2f} | {r['over_bp']:.2f} "
+                     f"({r['over_bp_min']:.2f}–{r['over_bp_max']:.2f}) | {r['spread_pct']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="config.yaml")
+    ap.add_argument("--experiments", help="comma-separated (default: all)")
+    ap.add_argument("--steps", type=int, default=200, help="minibatches per timed epoch")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--write", action="store_true", help="write benchmarks/results.{md,json}")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    device = resolve_device(args.device)
+    names = args.experiments.split(",") if args.experiments else list(cfg["experiments"])
+    rows = [r for n in names for r in bench_experiment(cfg, n, args.steps, args.repeats, device)]
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+               f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    md = to_markdown(rows, machine) + f"\nPeak RSS of this benchmark process: {peak_rss_mb:.0f} MB\n"
+    print(md)
+    if args.write:
+        (HERE / "results.md").write_text("# Rule speed vs backprop\n\nCommand: `python benchmarks/bench.py "
+                                         + " ".join(sys.argv[1:]) + "`\n\n" + md)
+        fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
+        dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
+        old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+        old.update({"machine": machine, "fa_over_bp": max(fa) if fa else None, "dtp_over_bp": max(dtp) if dtp else None,
+                    "rows": rows, "peak_rss_mb": peak_rss_mb})
+        (HERE / "results.json").write_text(json.dumps(old, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
