@@ -1,0 +1,157 @@
+"""Shared fixtures: the offline data mirror, MNIST prepared once, small configs, CLI and W&B helpers.
+
+The data mirror is ``$BIOCREDIT_DATA_MIRROR`` or, as on CI (which clones the repository with ``shared/``
+beside it), ``<repo>/../shared/data``. Tests that need MNIST are skipped, with the reason, when it is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_CONFIG = REPO / "config.yaml"
+MIRROR = Path(os.environ.get("BIOCREDIT_DATA_MIRROR") or REPO.parent / "shared" / "data")
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+# Columns of metrics.csv that measure wall time (they differ between otherwise identical runs).
+WALL_TIME_COLUMNS = ("epoch_seconds", "eval_seconds")
+# The tiny size used by the training tests (numbers meaningless, behaviour real).
+SMALL_SCALE = {"epochs": 2, "seeds": 1, "train_subset": 500, "test_subset": 200}
+
+
+def mirror_has_mnist() -> bool:
+    return all((MIRROR / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
+
+
+def mnist_experiment(cfg: dict | None = None) -> str:
+    """The first experiment of the repository's config.yaml that trains on MNIST."""
+    cfg = cfg or yaml.safe_load(REPO_CONFIG.read_text())
+    for name, exp in cfg["experiments"].items():
+        if exp["dataset"] == "mnist":
+            return name
+    pytest.skip("config.yaml has no MNIST experiment", allow_module_level=True)
+
+
+def method_with_rule(cfg: dict, experiment: str, rule: str) -> str:
+    """The name of the experiment's first method that uses ``rule``."""
+    for name, method in cfg["experiments"][experiment]["methods"].items():
+        if method["rule"] == rule:
+            return name
+    pytest.skip(f"experiment {experiment} has no method with rule {rule}", allow_module_level=True)
+
+
+def read_metrics(path: Path, drop: tuple[str, ...] = WALL_TIME_COLUMNS) -> list[dict[str, str]]:
+    """metrics.csv as its raw text cells (no float parsing), without the wall-time columns."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def one_line(text: str) -> str:
+    """The single line of a message; fails if there is none or more than one."""
+    stripped = text.strip()
+    assert stripped, "expected a one-line message, got nothing"
+    assert "\n" not in stripped, f"expected ONE line, got:\n{text}"
+    return stripped
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m biocredit ARGS`` in a fresh interpreter, as Snakemake and users call it."""
+    return subprocess.run([sys.executable, "-m", "biocredit", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not mirror_has_mnist():
+        pytest.skip(f"offline data mirror with MNIST not found at {MIRROR} (set BIOCREDIT_DATA_MIRROR)")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Path:
+    """A data folder with MNIST copied from the mirror and verified, once per test session."""
+    from biocredit import data
+
+    root = tmp_path_factory.mktemp("data")
+    data.prepare("mnist", root, mirror, download=False)
+    return root
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI / Snakemake subprocesses: W&B offline, the data mirror, a private HOME for W&B."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", BIOCREDIT_DATA_MIRROR=str(MIRROR), WANDB_CONFIG_DIR=str(tmp_path / ".wandb"))
+    return env
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """In-process runs log to W&B in offline mode; the W&B service is torn down afterwards."""
+    from biocredit import tracking
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    for key in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # set by tracking (setdefault): restored after the test
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb"))
+    monkeypatch.setenv("BIOCREDIT_DATA_MIRROR", str(MIRROR))
+    yield
+    tracking.shutdown()
+
+
+@pytest.fixture
+def small_config(tmp_path: Path, mnist_dir: Path) -> Iterator[dict[str, Any]]:
+    """The repository's config.yaml, validated, at scale smoke with tiny subsets, data and results in tmp.
+
+    One CPU thread: tiny nets gain nothing from more, and a busy machine (CI, parallel jobs) slows
+    multi-threaded runs badly. The trainer sets torch's thread count for the process, so it is restored after.
+    """
+    import torch
+
+    from biocredit.config import load_config
+
+    exp = mnist_experiment()
+    overrides: dict[str, Any] = {
+        "scale": "smoke",
+        "device": "cpu",
+        "threads": 1,
+        "data.dir": str(mnist_dir),
+        "data.download": False,
+        "results_dir": str(tmp_path / "results"),
+        "wandb.mode": "offline",
+        **{f"experiments.{exp}.scales.smoke.{k}": v for k, v in SMALL_SCALE.items()},
+    }
+    threads = torch.get_num_threads()
+    yield load_config(REPO_CONFIG, overrides)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Callable[..., Path]:
+    """``config_file(cfg, name='config.yaml')`` writes a config dict to a YAML file in tmp_path."""
+
+    def make(cfg: dict, name: str = "config.yaml") -> Path:
+        return write_config(cfg, tmp_path / name)
+
+    return make

@@ -1,0 +1,74 @@
+"""``python -m biocredit``: bad input ends with exit code 2 and one line on stderr, before any compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MNIST_FILES, REPO_CONFIG, method_with_rule, mnist_experiment, one_line, run_cli
+
+from biocredit import cli
+
+EXP = mnist_experiment()
+
+
+def test_prepare_data_without_mirror_or_download_names_the_missing_files(tmp_path: Path, cli_env: dict[str, str]):
+    empty_mirror = tmp_path / "empty_mirror"
+    empty_mirror.mkdir()
+    env = {**cli_env, "BIOCREDIT_DATA_MIRROR": str(empty_mirror)}
+    data_dir = tmp_path / "data"
+    proc = run_cli("prepare-data", "mnist", "--config", str(REPO_CONFIG), "--set", "data.download=false",
+                   "--set", f"data.dir={data_dir}", env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "Traceback" not in line
+    assert "missing" in line and all(name in line for name in MNIST_FILES), line
+    assert str(empty_mirror) in line, "the message does not say which mirror was searched"
+    assert "BIOCREDIT_DATA_MIRROR" in line and "download" in line, "the message names no fix"
+    assert not (data_dir / "MNIST" / "verified.json").exists()
+
+
+def test_train_with_an_unknown_experiment_exits_2_naming_it(tmp_path: Path, cli_env: dict[str, str]):
+    results = tmp_path / "results"
+    proc = run_cli("train", "--config", str(REPO_CONFIG), "--set", f"results_dir={results}",
+                   "--experiment", "lillicrap_mnits", "--method", "bp", "--seed", "0",
+                   env=cli_env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert "lillicrap_mnits" in line and EXP in line, "the message does not list the known experiments"
+    assert not results.exists(), "an unknown experiment still created a results folder"
+
+
+def test_train_with_an_unknown_method_exits_2_listing_the_methods(capsys: pytest.CaptureFixture[str], tmp_path):
+    methods = yaml.safe_load(REPO_CONFIG.read_text())["experiments"][EXP]["methods"]
+    rc = cli.main(["train", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path / 'results'}",
+                   "--experiment", EXP, "--method", "dtp", "--seed", "0"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert "dtp" in line and all(m in line for m in methods)
+    assert not (tmp_path / "results").exists()
+
+
+def test_train_on_unprepared_data_exits_2_saying_how_to_prepare(capsys: pytest.CaptureFixture[str], tmp_path):
+    bp = method_with_rule(yaml.safe_load(REPO_CONFIG.read_text()), EXP, "backprop")
+    rc = cli.main(["train", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path / 'results'}",
+                   "--set", f"data.dir={tmp_path / 'nodata'}", "--set", "device=cpu", "--scale", "smoke",
+                   "--experiment", EXP, "--method", bp, "--seed", "0"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert "mnist" in line and "prepare-data" in line
+
+
+def test_set_without_equals_sign_is_one_line(capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["validate", "--config", str(REPO_CONFIG), "--set", "scale"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--set" in line and "KEY=VALUE" in line
+
+
+def test_aggregate_before_training_exits_2_naming_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path):
+    rc = cli.main(["aggregate", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+                   "--experiment", EXP])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert "summary.json" in line and "missing" in line

@@ -1,0 +1,160 @@
+"""The training loop on real MNIST (tiny subsets): determinism, resume after a kill, divergence, W&B offline logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import method_with_rule, mnist_experiment, read_metrics, run_cli
+
+from biocredit import cli
+from biocredit.aggregate import run_dir
+from biocredit.tracking import find_offline_runs, read_offline_history, read_offline_run
+
+EXP = mnist_experiment()
+
+pytestmark = pytest.mark.usefixtures("wandb_offline")
+
+
+def train(cfg_path: Path, method: str, seed: int, out: Path | None = None) -> int:
+    """``biocredit train`` in this process (the CLI's own code path, without interpreter start-up)."""
+    args = ["train", "--config", str(cfg_path), "--experiment", EXP, "--method", method, "--seed", str(seed)]
+    return cli.main(args + (["--out", str(out)] if out else []))
+
+
+def default_run_dir(cfg: dict, method: str, seed: int) -> Path:
+    return run_dir(Path(cfg["results_dir"]), cfg["scale"], EXP, method, seed)
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(small_config, config_file, tmp_path):
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    path = config_file(small_config)
+    assert train(path, fa, 0) == 0
+    assert train(path, fa, 0, out=tmp_path / "again") == 0
+    assert train(path, fa, 1, out=tmp_path / "seed1") == 0
+
+    first = read_metrics(default_run_dir(small_config, fa, 0) / "metrics.csv")
+    again = read_metrics(tmp_path / "again" / "metrics.csv")
+    other = read_metrics(tmp_path / "seed1" / "metrics.csv")
+    epochs = small_config["experiments"][EXP]["scales"]["smoke"]["epochs"]
+    assert [r["epoch"] for r in first] == [str(e) for e in range(epochs + 1)]
+    assert any(k.startswith("angle_dh_") for k in first[-1]), "FA rows carry no angle to backprop"
+    assert first == again, "the same seed gave different numbers"
+    for a, b in zip(first, other, strict=True):  # every row differs: other init, other B, other order
+        assert a != b, f"seeds 0 and 1 gave the same row at epoch {a['epoch']}"
+    s0 = json.loads((default_run_dir(small_config, fa, 0) / "summary.json").read_text())
+    s1 = json.loads((tmp_path / "seed1" / "summary.json").read_text())
+    assert s0["status"] == s1["status"] == "completed"
+    assert s0["provenance"]["config_hash"] != s1["provenance"]["config_hash"]
+
+
+def test_training_lowers_the_error_and_writes_provenance(small_config, config_file):
+    bp = method_with_rule(small_config, EXP, "backprop")
+    cfg = small_config
+    cfg["experiments"][EXP]["scales"]["smoke"]["epochs"] = 3
+    assert train(config_file(cfg), bp, 0) == 0
+    rows = read_metrics(default_run_dir(cfg, bp, 0) / "metrics.csv", drop=())
+    assert float(rows[-1]["train_error"]) < float(rows[0]["train_error"])
+    assert all(float(r["epoch_seconds"]) > 0 for r in rows[1:])
+    summary = json.loads((default_run_dir(cfg, bp, 0) / "summary.json").read_text())
+    assert summary["final"]["test_error"] == pytest.approx(float(rows[-1]["test_error"]))
+    assert summary["best_test_error"] == pytest.approx(min(float(r["test_error"]) for r in rows))
+    prov = summary["provenance"]
+    assert prov["n_train"] == cfg["experiments"][EXP]["scales"]["smoke"]["train_subset"]
+    assert prov["device"] == "cpu" and prov["seed"] == 0 and prov["git_commit"] and prov["config_hash"]
+
+
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, config_file, cli_env, tmp_path):
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    cfg = small_config
+    # ~0.5 s per epoch: the kill lands after epoch 1 and well before epoch 6 ends
+    cfg["experiments"][EXP]["scales"]["smoke"].update(epochs=6, train_subset=1000, test_subset=200)
+    path = config_file(cfg)
+    folder = default_run_dir(cfg, fa, 0)
+    args = ["train", "--config", str(path), "--experiment", EXP, "--method", fa, "--seed", "0"]
+
+    log = tmp_path / "first.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "biocredit", *args], cwd=tmp_path, env=cli_env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 180
+            epoch = 0
+            while epoch < 1:
+                assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no checkpoint after 180 s:\n{log.read_text()}"
+                if (folder / "checkpoint.pt").exists():
+                    epoch = torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"]
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (folder / "summary.json").exists(), "the run finished before the kill: the test proved nothing"
+    killed_at = torch.load(folder / "checkpoint.pt", weights_only=False)
+    assert killed_at["status"] == "running" and 1 <= killed_at["epoch"] < 6
+
+    rerun = run_cli(*args, env=cli_env, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming from the checkpoint of epoch {killed_at['epoch']}" in rerun.stderr
+    assert "epoch 1/6" not in rerun.stderr, "the rerun trained epoch 1 again"
+
+    assert train(path, fa, 0, out=tmp_path / "uninterrupted") == 0
+    resumed = read_metrics(folder / "metrics.csv")
+    assert [r["epoch"] for r in resumed] == [str(e) for e in range(7)]
+    assert resumed == read_metrics(tmp_path / "uninterrupted" / "metrics.csv")
+    assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_diverging_run_is_recorded_as_diverged_and_exits_0(small_config, config_file):
+    bp = method_with_rule(small_config, EXP, "backprop")
+    cfg = small_config
+    exp = cfg["experiments"][EXP]
+    exp["net"].update(hidden_activation="relu", output_activation="linear")  # unbounded: a huge step blows up
+    exp["loss"] = "squared_error"
+    exp["train"]["lr"] = 1.0e3
+    exp["scales"]["smoke"]["epochs"] = 3
+    assert train(config_file(cfg), bp, 0) == 0
+
+    folder = default_run_dir(cfg, bp, 0)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = read_metrics(folder / "metrics.csv")
+    assert summary["status"] == "diverged"
+    assert summary["diverged_at_epoch"] == int(rows[-1]["epoch"]) == summary["epochs_done"]
+    assert summary["diverged_at_epoch"] < 3, "training went on after the divergence"
+    assert math.isnan(float(rows[-1]["test_error"])) and math.isnan(float(rows[-1]["train_loss"]))
+    assert all(math.isfinite(float(r["test_error"])) for r in rows[:-1])
+    assert math.isnan(summary["final"]["test_error"])
+    assert math.isfinite(summary["best_test_error"])
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["status"] == "diverged"
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(small_config, config_file):
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    assert train(config_file(small_config), fa, 0) == 0
+    folder = default_run_dir(small_config, fa, 0)
+    wandb_dir = Path(small_config["results_dir"]) / small_config["scale"] / "wandb"
+    runs = find_offline_runs(wandb_dir)
+    assert len(runs) == 1, runs
+    summary = json.loads((folder / "summary.json").read_text())
+    assert Path(summary["wandb_run_dir"]) == runs[0]
+
+    record = read_offline_run(runs[0])
+    assert record["run"]["name"] == f"{EXP}-{fa}-seed0" and record["run"]["group"] == EXP
+    assert record["config"]["provenance"]["config_hash"] == summary["provenance"]["config_hash"]
+    assert record["exit_code"] == 0
+    history = [r for r in read_offline_history(runs[0]) if "test_error" in r]
+    metrics = read_metrics(folder / "metrics.csv")
+    assert [int(r["epoch"]) for r in history] == [int(r["epoch"]) for r in metrics]
+    for logged, row in zip(history, metrics, strict=True):
+        for key in ("test_error", "train_error", "test_loss", "train_loss"):
+            assert logged[key] == float(row[key]), (key, row["epoch"])

@@ -1,0 +1,218 @@
+"""End to end: the real Snakemake workflow on a tiny copy of config.yaml (scale smoke), its report, its rerun
+logic and its lint. One full run is shared by the module; the dry runs never change its outputs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import MIRROR, REPO, REPO_CONFIG, method_with_rule, mnist_experiment
+
+from biocredit.data import DATASET_FOLDERS
+from biocredit.tracking import find_offline_runs, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+SMOKE = {"epochs": 2, "seeds": 1, "train_subset": 300, "test_subset": 200}
+
+
+@dataclass
+class Workflow:
+    root: Path
+    config: dict
+    env: dict[str, str]
+
+    @property
+    def results(self) -> Path:
+        return Path(self.config["results_dir"]) / self.config["scale"]
+
+    def snakemake(self, *args: str, configfile: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"),
+               "--configfile", str(configfile or self.root / "config.yaml"), "--directory", str(self.root), *args]
+        return subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def referenced_methods(exp: dict) -> set[str]:
+    """The methods an experiment's reported numbers, claims and figures name (empty: none named)."""
+    names = {r["method"] for r in exp.get("reported", [])}
+    for claim in exp.get("claims", []):
+        names.update(claim.get("lower", []), claim.get("higher", []))
+    for fig in exp.get("figures", []):
+        names.update(fig.get("methods", []))
+    return names & set(exp["methods"])
+
+
+def tiny_config(root: Path) -> dict:
+    """config.yaml at scale smoke, shrunk further (one seed, a few hundred examples, only the methods that
+    reported numbers, claims or figures name), with data and results inside ``root``."""
+    cfg = yaml.safe_load(REPO_CONFIG.read_text())
+    cfg.update(scale="smoke", device="cpu", results_dir=str(root / "results"))
+    cfg["data"] = {**cfg.get("data", {}), "dir": str(root / "data"), "download": False}
+    cfg["wandb"] = {**cfg.get("wandb", {}), "mode": "offline"}
+    for name, exp in list(cfg["experiments"].items()):
+        folder = DATASET_FOLDERS.get(exp["dataset"])
+        if folder is not None and not (MIRROR / folder).is_dir():  # not in the offline mirror: cannot run here
+            del cfg["experiments"][name]
+            continue
+        keep = referenced_methods(exp)
+        if keep:  # a sweep's other members are the same jobs again: leave them out to stay fast
+            exp["methods"] = {m: spec for m, spec in exp["methods"].items() if m in keep}
+        smoke = exp["scales"]["smoke"]
+        smoke.update(epochs=min(smoke["epochs"], SMOKE["epochs"]), seeds=SMOKE["seeds"])
+        if folder is not None:  # image datasets: a few hundred examples
+            smoke.update(train_subset=SMOKE["train_subset"], test_subset=SMOKE["test_subset"])
+        task = exp.get("task", {})  # synthetic tasks: as few examples
+        for key, n in (("n_train", SMOKE["train_subset"]), ("n_test", SMOKE["test_subset"])):
+            if key in task:
+                task[key] = min(task[key], n)
+    return cfg
+
+
+def new_workflow(root: Path) -> Workflow:
+    """A working directory holding the tiny config.yaml (nothing run yet)."""
+    cfg = tiny_config(root)
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", BIOCREDIT_DATA_MIRROR=str(MIRROR), WANDB_CONFIG_DIR=str(root / ".wandb"))
+    return Workflow(root, cfg, env)
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Workflow:
+    wf = new_workflow(tmp_path_factory.mktemp("workflow"))
+    proc = wf.snakemake(timeout=600)
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return wf
+
+
+def figures(wf: Workflow) -> dict[str, str]:
+    """{file stem: caption} of every figure the config asks for (experiments' figures and analyses)."""
+    out = {f"{name}_{fig['name']}": fig["caption"]
+           for name, exp in wf.config["experiments"].items() for fig in exp.get("figures", [])}
+    out.update({name: analysis["caption"] for name, analysis in wf.config.get("analyses", {}).items()})
+    return out
+
+
+def figure_paths(wf: Workflow) -> list[Path]:
+    return [wf.results / "figures" / f"{stem}.{ext}" for stem in figures(wf) for ext in ("png", "pdf")]
+
+
+def test_workflow_draws_every_figure_and_writes_the_comparison(workflow: Workflow):
+    paths = figure_paths(workflow)
+    assert paths, "config.yaml lists no figure"
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 1000, f"{p} missing or empty"
+        assert p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF"), f"{p} is not a {p.suffix}"
+
+    tables = workflow.results / "tables"
+    table = pd.read_csv(tables / "paper_comparison.csv")
+    md = (tables / "paper_comparison.md").read_text()
+    exps = workflow.config["experiments"]
+    is_claim = table["claim"].notna() & (table["claim"] != "")
+    for name, exp in exps.items():
+        rows = table[table["experiment"] == name]
+        reported = rows[~is_claim[rows.index]]
+        assert sorted(reported["method"]) == sorted(r["method"] for r in exp.get("reported", [])), name
+        for _, row in reported.iterrows():
+            assert math.isfinite(row["ours_mean"]), f"no number for {name} / {row['method']}"
+            assert row["n"] == exp["scales"]["smoke"]["seeds"] and row["scale"] == "smoke"
+        assert set(rows.loc[is_claim[rows.index], "claim"]) == {c["text"] for c in exp.get("claims", [])}, name
+        assert name in md
+        assert (tables / f"{name}_provenance.json").is_file()
+    for name in workflow.config.get("analyses", {}):
+        assert (table["experiment"] == name).any(), f"analysis {name} missing from the comparison"
+
+
+def test_workflow_logs_every_run_and_the_aggregate_to_wandb_offline(workflow: Workflow):
+    runs = {read_offline_run(r)["run"]["name"]: r for r in find_offline_runs(workflow.results / "wandb")}
+    assert "aggregate-smoke" in runs, sorted(runs)
+    for name, exp in workflow.config["experiments"].items():
+        for method in exp["methods"]:
+            for seed in range(exp["scales"]["smoke"]["seeds"]):
+                assert f"{name}-{method}-seed{seed}" in runs, sorted(runs)
+    aggregate = read_offline_run(runs["aggregate-smoke"])
+    assert aggregate["run"]["group"] == "aggregate" and aggregate["exit_code"] == 0
+    logged = {k: v for row in aggregate["history"] for k, v in row.items()}  # nested keys come back joined by '.'
+    table = pd.read_csv(workflow.results / "tables" / "paper_comparison.csv")
+    assert logged.get("paper_comparison._type") == "table-file", "the comparison table was not logged"
+    assert logged.get("paper_comparison.nrows") == len(table)
+    for png in (p for p in figure_paths(workflow) if p.suffix == ".png"):
+        assert logged.get(f"{png.stem}._type") == "image-file", f"figure {png.stem} was not logged"
+
+
+def caption_fragments(caption: str) -> list[str]:
+    """Plain-text stretches of a caption (the report escapes symbols such as ± and may rewrap HTML specials)."""
+    return [f.strip() for f in re.split(r"[^A-Za-z0-9 .,;:%()=]+", caption) if len(f.strip()) >= 12]
+
+
+def test_report_embeds_every_figure_with_its_caption(workflow: Workflow):
+    report = workflow.root / "report.html"
+    proc = workflow.snakemake("--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = report.read_text()
+    for stem, caption in figures(workflow).items():
+        assert f"{stem}.png" in html
+        fragments = caption_fragments(caption)
+        assert fragments, f"caption of {stem} too short to check"
+        for fragment in fragments:
+            assert fragment in html, f"caption text {fragment!r} of {stem} not in the report"
+    assert "paper_comparison.csv" in html
+
+
+def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):
+    proc = workflow.snakemake("-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Nothing to be done" in out, f"a second run would redo jobs:\n{out[-3000:]}"
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: {rule: count}."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_changing_one_methods_learning_rate_reruns_only_that_method_and_downstream(workflow: Workflow):
+    exp_name = mnist_experiment(workflow.config)
+    fa = method_with_rule(workflow.config, exp_name, "feedback_alignment")
+    changed = copy.deepcopy(workflow.config)
+    exp = changed["experiments"][exp_name]
+    exp["methods"][fa]["train"] = {**exp["methods"][fa].get("train", {}), "lr": exp["train"]["lr"] * 3}
+    path = workflow.root / "config_fa_lr.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+
+    proc = workflow.snakemake("-n", configfile=path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    trained = set(re.findall(r"Training (\S+) / (\S+) / seed (\d+)", out))
+    seeds = range(exp["scales"]["smoke"]["seeds"])
+    assert trained == {(exp_name, fa, str(s)) for s in seeds}, trained
+    counts = job_counts(out)
+    assert counts.get("train") == len(seeds)
+    assert "prepare_data" not in counts
+    assert counts.get("aggregate") == 1 and counts.get("compare") == 1
+    assert counts.get("figures") == len(exp.get("figures", []))
+    assert set(re.findall(r"Aggregating the runs of (\S+)", out)) == {exp_name}
+
+
+def test_snakemake_lint_is_clean(tmp_path: Path):
+    proc = new_workflow(tmp_path).snakemake("--lint")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Lints for" not in out, out
