@@ -210,3 +210,21 @@ def test_registry_holds_the_core_rules_under_their_own_names():
         assert issubclass(rule, LearningRule) and rule.name == name
     assert RULES["backprop"].compare_to_backprop is False
     assert all(RULES[n].compare_to_backprop for n in RULES if n != "backprop")
+
+
+def test_our_sgd_takes_the_same_steps_as_torch_sgd():
+    from biocredit.optim import SGD
+
+    torch.manual_seed(0)
+    for momentum, wd in ((0.0, 0.0), (0.9, 1e-3)):
+        a = torch.nn.Parameter(torch.randn(5, 3))
+        b = torch.nn.Parameter(a.detach().clone())
+        ours = SGD([{"params": [a], "weight_decay": wd}], lr=0.1, momentum=momentum)
+        ref = torch.optim.SGD([{"params": [b], "weight_decay": wd}], lr=0.1, momentum=momentum)
+        for _ in range(4):
+            g = torch.randn(5, 3)
+            a.grad, b.grad = g.clone(), g.clone()
+            ours.step()
+            ref.step()
+        assert torch.allclose(a, b, atol=1e-6), (momentum, wd)
+        assert not torch.equal(a, torch.zeros_like(a))

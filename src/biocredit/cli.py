@@ -199,7 +199,10 @@ def cmd_sync_wandb(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     root = Path(args.dir) if args.dir else Path(cfg["results_dir"])
-    synced = sync_offline_runs(root, dry_run=args.dry_run)
+    try:
+        synced = sync_offline_runs(root, dry_run=args.dry_run)
+    except RuntimeError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
     print(f"{'would sync' if args.dry_run else 'synced'} {len(synced)} offline W&B run(s) under {root}")
     return 0
 

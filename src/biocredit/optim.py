@@ -8,6 +8,36 @@ import torch
 from torch import Tensor
 
 
+class SGD(torch.optim.Optimizer):
+    """Plain SGD with L2 weight decay and (heavy-ball) momentum, the same update as ``torch.optim.SGD``
+    (dampening 0, no Nesterov): g ← ∇ + λθ;  v ← μv + g;  θ ← θ − lr·v.
+
+    Written out because constructing ``torch.optim.SGD`` imports torch._dynamo (~1 s per training job,
+    which dominates the small synthetic runs and the test suite).
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                if mu:
+                    st = self.state[p]
+                    if "v" not in st:
+                        st["v"] = g.clone()
+                    else:
+                        st["v"].mul_(mu).add_(g)
+                    g = st["v"]
+                p.add_(g, alpha=-lr)
+
+
 class CenteredRMSpropInsideEps(torch.optim.Optimizer):
     """Centred RMSprop as in the DTP authors' Theano code (Lee et al. 2015):
 
@@ -45,7 +75,7 @@ def make_optimizer(param_groups: list[dict], train_cfg: dict) -> torch.optim.Opt
     """``sgd`` (with optional momentum) or ``rmsprop_dtp`` (the DTP code's centred RMSprop)."""
     name = train_cfg.get("optimizer", "sgd")
     if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=train_cfg["lr"], momentum=train_cfg.get("momentum", 0.0))
+        return SGD(param_groups, lr=train_cfg["lr"], momentum=train_cfg.get("momentum", 0.0))
     if name == "rmsprop_dtp":
         return CenteredRMSpropInsideEps(param_groups, lr=train_cfg["lr"])
     raise ValueError(f"unknown optimizer {name!r}")

@@ -159,6 +159,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     _atomic_write(path, write)
 
 
+def _strict_json(obj: Any) -> Any:
+    """NaN/inf become null (strict JSON); everything else unknown becomes its string."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj if obj is None or isinstance(obj, (str, int, bool)) else str(obj)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -357,5 +368,5 @@ def train(
     tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
                      "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"]})
     tracker.finish(exit_code=0)
-    _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2, default=str)))
+    _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
     return summary
