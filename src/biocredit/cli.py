@@ -41,6 +41,10 @@ def _load(args: argparse.Namespace) -> dict:
     return load_config(args.config, overrides)
 
 
+def _short(commit: str) -> str:
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def _scale_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / cfg["scale"]
 
@@ -113,7 +117,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
     stats = pd.read_csv(tables / f"{args.experiment}_curves.csv")
     prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
-    note = (f"scale {cfg['scale']}; seeds {prov['seeds']}; commit {','.join(c[:10] for c in prov['git_commits'])}; "
+    note = (f"scale {cfg['scale']}; seeds {prov['seeds']}; commit {','.join(_short(c) for c in prov['git_commits'])}; "
             f"device {','.join(prov['devices'])}; config {','.join(prov['config_hashes'])[:60]}")
     for f in exp.get("figures", []):
         if args.figure and f["name"] != args.figure:
@@ -176,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in names], ignore_index=True)
     table.to_csv(tables / "paper_comparison.csv", index=False)
     provs = {e: json.loads((tables / f"{e}_provenance.json").read_text()) for e in cfg["experiments"]}
-    lines = [f"- {e}: {p['runs']} runs, seeds {p['seeds']}, commit {', '.join(c[:12] for c in p['git_commits'])}, "
+    lines = [f"- {e}: {p['runs']} runs, seeds {p['seeds']}, commit {', '.join(_short(c) for c in p['git_commits'])}, "
              f"device {', '.join(p['devices'])}, torch {', '.join(p['torch'])}, "
              f"total training wall time {p['wall_seconds_total']:.0f} s" for e, p in provs.items()]
     header = (f"# Our numbers beside the papers' (scale: {cfg['scale']})\n\n"

@@ -54,13 +54,15 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     x = fig_cfg.get("x", "epoch")
     methods = fig_cfg.get("methods") or list(exp["methods"])
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    regression = exp["dataset"].startswith("synthetic_")
+    for k, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
+        log_y = fig_cfg.get("log_y") and not metric.startswith("angle_")  # log axes for errors, never angles
         for mname in methods:
             method = exp["methods"][mname]
             d = stats[stats["method"] == mname].sort_values(x)
             if d.empty or f"{metric}_mean" not in d or d[f"{metric}_mean"].isna().all():
                 continue
-            if fig_cfg.get("log_y"):
+            if log_y:
                 d = d[d[f"{metric}_mean"] > 0]
                 if x == "epoch":
                     d = d[d["epoch"] > 0]  # the initial (chance-level) point squashes a log axis
@@ -76,13 +78,17 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         shown = [r for r in exp.get("reported", []) if r["metric"] == metric and r["method"] in methods]
         for rep in shown:
             ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
-        if fig_cfg.get("log_y"):
+        if log_y:
             ax.set_yscale("log")
         if metric.startswith("angle_"):
             ax.axhline(90, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel(X_LABELS.get(x, x))
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
+        label = METRIC_LABELS.get(metric, metric)
+        if regression and metric.endswith("_error"):  # the error of a regression task is its NSE
+            label = f"{metric.split('_')[0].capitalize()} NSE (normalised squared error)"
+        ax.set_ylabel(label)
+        if k == 0 or shown:
+            ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
     fig.suptitle(exp["title"], fontsize=9)
     return _save(fig, out_stem, provenance)
 
