@@ -46,11 +46,12 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd and n over seeds of every metric, per method and epoch (and examples seen, the other x axis)."""
+    """Mean, sd, min, max and n over seeds of every metric, per method and epoch (and examples seen)."""
     keys = ["method", "epoch"] + (["examples_seen"] if "examples_seen" in curves.columns else [])
     metrics = [c for c in curves.columns if c not in ("seed", *keys)]
     g = curves.groupby(keys)[metrics]
-    out = g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd")).join(g.size().rename("n"))
+    out = (g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd"))
+           .join(g.min().add_suffix("_min")).join(g.max().add_suffix("_max")).join(g.size().rename("n")))
     return out.reset_index()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     """Metric(s) vs epoch or examples seen, mean ± sd over seeds, one line per method, one panel per metric.
 
     With ``band: window`` the band is ± 2 sd of the metric within each logging window (averaged over
-    seeds), as Lillicrap's angle plots; otherwise ± 1 sd over seeds. Writes ``out_stem``.png and .pdf.
+    seeds), as Lillicrap's angle plots; otherwise ± 1 sd over seeds, or the seeds' min–max range on a log
+    axis (where mean − sd can be negative). Writes ``out_stem``.png and .pdf.
     """
     metrics = fig_cfg.get("metrics") or [fig_cfg["metric"]]
     x = fig_cfg.get("x", "epoch")
@@ -70,11 +72,15 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
             mean = d[f"{metric}_mean"]
             if fig_cfg.get("band") == "window" and f"{metric}_sd_mean" in d:
                 half = 2 * d[f"{metric}_sd_mean"].fillna(0)
+                lo, hi = mean - half, mean + half
+            elif log_y and f"{metric}_min" in d:  # mean ± sd leaves a log axis; show the seeds' range there
+                lo, hi = d[f"{metric}_min"], d[f"{metric}_max"]
             else:
                 half = d[f"{metric}_sd"].fillna(0)
+                lo, hi = mean - half, mean + half
             label = f"{method.get('label', mname)} (n = {int(d['n'].max())})"
             ax.plot(d[x], mean, color=color, label=label, marker="o" if len(d) < 12 else None, ms=3, lw=1.2)
-            ax.fill_between(d[x], mean - half, mean + half, color=color, alpha=0.2, lw=0)
+            ax.fill_between(d[x], lo, hi, color=color, alpha=0.2, lw=0)
         shown = [r for r in exp.get("reported", []) if r["metric"] == metric and r["method"] in methods]
         for rep in shown:
             ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
@@ -89,14 +95,15 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         ax.set_ylabel(label)
         if k == 0 or shown:
             ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
-    fig.suptitle(exp["title"], fontsize=9)
+    fig.suptitle(textwrap.fill(exp["title"], 60 * len(metrics)), fontsize=9)
     return _save(fig, out_stem, provenance)
 
 
 def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
                           out_stem: Path, provenance: str = "") -> list[Path]:
     """Incoming weights of ``n_units`` random hidden units (the same units in every panel) as 28×28 images:
-    the initial weights, then each method's final weights (Lillicrap preprint, supplementary figure).
+    the initial weights, then each method's final weights (Lillicrap preprint, supplementary figure), and
+    below them each method's change since its initialisation (what learning wrote into the weights).
 
     ``run_dirs`` maps method -> the run folder (seed 0) holding ``checkpoint.pt``.
     """
@@ -104,21 +111,32 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
 
     n_units = fig_cfg.get("n_units", 100)
     side = int(math.ceil(math.sqrt(n_units)))
+    from biocredit.rules import RULES
+
     panels: list[tuple[str, torch.Tensor]] = []
+    changes: list[tuple[str, torch.Tensor]] = []
     first = None
     for mname, d in run_dirs.items():
         state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
+        run_cfg = state["run_config"]
+        gen = torch.Generator().manual_seed(run_cfg["seed"])  # rebuild the run's own initial weights (and masks)
+        init = build_net(run_cfg["net"], gen)
+        RULES[run_cfg["rule"]](init, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], gen)
         if first is None:
-            run_cfg = state["run_config"]
-            init = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"]))
             panels.append(("Initial", init.W[0].detach()))
+            changes.append(("", torch.zeros_like(init.W[0])))
             first = run_cfg
-        panels.append((exp["methods"][mname].get("label", mname), state["net"]["W.0"]))
+        label = exp["methods"][mname].get("label", mname)
+        panels.append((label, state["net"]["W.0"]))
+        changes.append((f"{label}\nchange since initialisation", state["net"]["W.0"] - init.W[0].detach()))
     n_hidden, n_in = panels[0][1].shape
     img = int(math.isqrt(n_in))
     units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (title, W) in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.8), squeeze=False)
+    for ax, (title, W) in zip([*axes[0], *axes[1]], [*panels, *changes], strict=True):
+        if not title:
+            ax.axis("off")
+            continue
         tiles = torch.zeros(side * (img + 1), side * (img + 1))
         for k, u in enumerate(units.tolist()):
             w = W[u].reshape(img, img)
@@ -126,7 +144,7 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
             r, c = divmod(k, side)
             tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = w
         ax.imshow(tiles.numpy(), cmap="gray", vmin=-3, vmax=3)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{exp['title']}: receptive fields of {n_units} random hidden units (seed {first['seed']})",
                  fontsize=9)
