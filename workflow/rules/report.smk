@@ -45,3 +45,16 @@ rule analysis:
         "Computing the analysis {wildcards.analysis}"
     shell:
         f"{cli('analysis')} --analysis {{wildcards.analysis}} > {{log}} 2>&1"
+
+
+# One target per experiment or analysis, named after it: `snakemake lillicrap_linear --cores 2` regenerates
+# that experiment's figures and comparison rows only.
+for _name in EXPERIMENTS + ANALYSES:
+
+    rule:
+        name:
+            _name
+        input:
+            figure_files(_name) if _name in EXPERIMENTS else [f"{RESULTS}/figures/{_name}.png"],
+            f"{RESULTS}/tables/{_name}_comparison.csv",
+        localrule: True
