@@ -175,6 +175,17 @@ def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):
     assert "Nothing to be done" in out, f"a second run would redo jobs:\n{out[-3000:]}"
 
 
+def test_a_named_experiment_target_plans_only_that_experiment(workflow: Workflow):
+    exp_name = mnist_experiment(workflow.config)
+    (workflow.results / "tables" / f"{exp_name}_comparison.csv").unlink()
+    proc = workflow.snakemake("-n", exp_name)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert set(re.findall(r"Aggregating the runs of (\S+)", out)) == {exp_name}, out[-3000:]
+    assert "compare" not in job_counts(out)
+    assert workflow.snakemake(exp_name).returncode == 0  # and restores the table for the other tests
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run: {rule: count}."""
     counts: dict[str, int] = {}

@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from biocredit.figures import save_figure  # noqa: E402
 from biocredit.nets import MLP  # noqa: E402
 from biocredit.rules import RULES  # noqa: E402
 
@@ -276,13 +277,7 @@ def plot_dynamics(
     ax.set_ylabel("W (hidden → output)")
     ax.set_title(f"{FIGURE_TITLE}\nT = {T:g}, B = {B:g}; flow of the expected FA update", fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout()
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, Path(out_stem))
 
 
 def _real_eigs(ev: np.ndarray) -> list[float]:

@@ -32,7 +32,8 @@ def method_color(method: Mapping[str, Any]) -> str | None:
     return method.get("color") or DEFAULT_COLORS.get(method["rule"])
 
 
-def _save(fig: plt.Figure, out_stem: Path, provenance: str) -> list[Path]:
+def save_figure(fig: plt.Figure, out_stem: Path, provenance: str = "") -> list[Path]:
+    """Write ``out_stem``.png and .pdf (dpi 150), with the provenance line at the bottom; close the figure."""
     if provenance:
         fig.text(0.01, 0.005, provenance, fontsize=5, color="0.4")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
@@ -96,7 +97,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         if k == 0 or shown:
             ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
     fig.suptitle(textwrap.fill(exp["title"], 60 * len(metrics)), fontsize=9)
-    return _save(fig, out_stem, provenance)
+    return save_figure(fig, out_stem, provenance)
 
 
 def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
@@ -148,4 +149,4 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
         ax.axis("off")
     fig.suptitle(f"{exp['title']}: receptive fields of {n_units} random hidden units (seed {first['seed']})",
                  fontsize=9)
-    return _save(fig, out_stem, provenance)
+    return save_figure(fig, out_stem, provenance)
