@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from biocredit.config import ConfigError, load_config, resolve_run, seeds
+from biocredit.data import DataError
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -251,16 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:  # bad input: one line, no traceback
         print(f"biocredit: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # DataError and friends: one line, no traceback
-        from biocredit.data import DataError
-
-        if isinstance(e, DataError):
-            print(f"biocredit: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

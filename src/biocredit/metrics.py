@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor
 
-from biocredit.losses import output_delta
 from biocredit.nets import MLP
 from biocredit.rules.backprop import backprop_explicit
 from biocredit.rules.base import StepResult
@@ -41,7 +40,7 @@ def update_angles(
     Δh_PBP = W⁺e (Lillicrap preprint Fig. 4; e generalised to −δ_L, the output error signal).
     Layers a rule does not train or send a signal to are left out.
     """
-    bp_grads, bp_dh = backprop_explicit(net, x, target, loss, reduction)
+    bp_grads, bp_dh, delta_L = backprop_explicit(net, x, target, loss, reduction)
     bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads, strict=False))
     out: dict[str, float] = {}
     for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}
@@ -53,9 +52,7 @@ def update_angles(
     top = net.n_layers - 1
     if pbp and top >= 1 and step.delta_h[top] is not None:
         with torch.no_grad():
-            fwd = net.forward_all(x)
-            e = -output_delta(loss, net.activations[-1], fwd, target, reduction)
-            dh_pbp = e @ torch.linalg.pinv(net.W[-1]).T  # rows: W⁺e per example
+            dh_pbp = -delta_L @ torch.linalg.pinv(net.W[-1]).T  # rows: W⁺e per example (e = −δ_L)
         out[f"angle_dh_pbp_{top}"] = float(torch.nanmean(rowwise_angle_deg(step.delta_h[top], dh_pbp)))
     return out
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -247,8 +248,7 @@ def train(
         summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
     )
     if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
-        import shutil  # the interrupted W&B run is replaced by this one, which replays its rows
-
+        # the interrupted W&B run is replaced by this one, which replays its rows
         shutil.rmtree(old_wandb_dir, ignore_errors=True)
     for r in rows:
         tracker.log(r)

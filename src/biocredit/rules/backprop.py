@@ -24,12 +24,12 @@ def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: st
 
 
 @torch.no_grad()
-def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[list, list]:
+def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[list, list, Tensor]:
     """The same gradients as :func:`backprop_grads`, by explicit algebra (δ_i = (W_{i+1}ᵀ δ_{i+1}) ∘ f'(a_i)).
 
     About 3× cheaper than autograd for the small nets of the synthetic tasks, so the trainer's angle
     measurements use it; tests check it against autograd. Returns ([dL/dW_i, dL/db_i, ...] in
-    ``net.parameters()`` order, [Δh_i = −dL/dh_i for hidden i]).
+    ``net.parameters()`` order, [Δh_i = −dL/dh_i for hidden i], δ_L = dL/da_L).
     """
     fwd = net.forward_all(x)
     delta_L = output_delta(loss, net.activations[-1], fwd, target, reduction)
@@ -37,7 +37,7 @@ def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction:
     delta, delta_h = propagate_through_feedback(net, fwd, delta_L, feedback)
     gW = [delta[i].T @ fwd.h[i - 1] for i in range(1, net.n_layers + 1)]
     gb = [delta[i].sum(dim=0) for i in range(1, net.n_layers + 1)] if net.b is not None else []
-    return gW + gb, delta_h
+    return gW + gb, delta_h, delta_L
 
 
 class Backprop(LearningRule):
