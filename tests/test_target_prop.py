@@ -237,3 +237,43 @@ def test_tiny_mnist_dtp_run_lowers_the_training_error_and_logs_angles(method, mn
     if method == "dtp":
         assert rows["train_error"].iloc[-1] < rows["train_error"].iloc[0] - 20
         assert (rows[[f"angle_dW_{i}" for i in range(1, hidden + 1)]].iloc[1:] < 90).all().all()
+
+
+@pytest.mark.parametrize("name", ["target_prop", "difference_target_prop"])
+def test_explicit_forward_gradients_equal_autograd_of_the_top_loss_and_the_layer_local_losses(name):
+    """compute_grads writes, by explicit algebra, exactly the gradients of the NLL (top layer) and of the
+    layer-local losses ‖f_i(h_{i−1}) − ĥ_i‖² (hidden layers, inputs and targets constant)."""
+    net = make_net(dtype=torch.float64)
+    x, t = minibatch(TANH_SIZES[0], TANH_SIZES[-1], dtype=torch.float64)
+    rule = make_rule(name, net)
+    for V in rule.V.values():  # trained-looking inverses, so the targets are not trivial
+        V.data.add_(0.3 * torch.randn(V.shape, generator=torch.Generator().manual_seed(5), dtype=V.dtype))
+    step = rule.compute_grads(net, x, t)
+    explicit = [p.grad.clone() for p in net.parameters()]
+
+    with torch.no_grad():
+        h = net.forward_all(x).h
+    h_target = [None] + [h[i] + step.delta_h[i] for i in range(1, net.n_layers)]
+    L = net.n_layers
+    a_L, _ = net.layer(L, h[L - 1])
+    top = -(t * F.log_softmax(a_L, dim=1)).sum(dim=1).mean()
+    ref = dict(zip(net.weight_and_bias(L), torch.autograd.grad(top, net.weight_and_bias(L)), strict=True))
+    hidden = [p for i in range(1, L) for p in net.weight_and_bias(i)]
+    ref.update(zip(hidden, torch.autograd.grad(rule.local_losses(net, x, h_target), hidden), strict=True))
+    for p, g in zip(net.parameters(), explicit, strict=True):
+        torch.testing.assert_close(g, ref[p], rtol=1e-10, atol=1e-12)
+
+
+def test_explicit_inverse_gradients_equal_autograd_of_the_noise_preserving_loss():
+    net = make_net(dtype=torch.float64)
+    x, _ = minibatch(TANH_SIZES[0], TANH_SIZES[-1], dtype=torch.float64)
+    rule = make_rule("difference_target_prop", net)
+    with torch.no_grad():
+        h = net.forward_all(x).h
+    total, grads = rule.inverse_grads(net, h, 0.36, torch.Generator().manual_seed(9))
+    params = [p for i in rule.V for p in (rule.V[i], rule.c[i])]
+    losses = rule.inverse_losses(net, h, 0.36, torch.Generator().manual_seed(9))  # the same noise draws
+    ref = torch.autograd.grad(sum(losses.values()), params)
+    torch.testing.assert_close(total, sum(losses.values()).detach(), rtol=1e-12, atol=0)
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

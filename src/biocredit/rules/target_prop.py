@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from biocredit.losses import loss_value
-from biocredit.nets import MLP, init_tensor
+from biocredit.losses import loss_value, output_delta
+from biocredit.nets import MLP, activation_derivative, init_tensor
 from biocredit.optim import CenteredRMSpropInsideEps
-from biocredit.rules.base import LearningRule, StepResult
+from biocredit.rules.base import LearningRule, StepResult, set_layer_grads
 
 SCHEDULES = ("alternating", "parallel")
 Inverse = Callable[[int, Tensor], Tensor]  # g(i, h_i) -> an estimate of h_{i-1}
@@ -128,18 +128,37 @@ class TargetProp(LearningRule):
             out[i] = squared_error(self.inverse(i, f_noisy), h_noisy)
         return out
 
+    @torch.no_grad()
+    def inverse_grads(self, net: MLP, h: list[Tensor], sigma: float, generator: torch.Generator) -> tuple[Tensor, list]:
+        """The gradients of :meth:`inverse_losses` w.r.t. (V_i, c_i), by explicit algebra (no autograd graph).
+
+        With f̃ = f_i(h̃_{i−1}), g = tanh(V_i f̃ + c_i) and ℓ_i = mean_batch ‖g − h̃_{i−1}‖²:
+        ∂ℓ_i/∂z = 2 (g − h̃)(1 − g²) / batch, ∂ℓ_i/∂V_i = (∂ℓ_i/∂z)ᵀ f̃, ∂ℓ_i/∂c_i = Σ_batch ∂ℓ_i/∂z. The same noise
+        draws as :meth:`inverse_losses` (tests check the two agree). Returns (Σ_i ℓ_i, [∂V_i, ∂c_i, ...]).
+        """
+        total, grads = torch.zeros((), device=h[0].device, dtype=h[0].dtype), []
+        for i in self.V:
+            h_prev = h[i - 1]
+            noise = torch.randn(h_prev.shape, generator=generator).to(h_prev.device, h_prev.dtype)
+            h_noisy = torch.add(h_prev, noise, alpha=sigma)
+            _, f_noisy = net.layer(i, h_noisy)
+            g = torch.tanh(torch.addmm(self.c[i], f_noisy, self.V[i].T))
+            e = g - h_noisy
+            total += e.pow(2).sum() / len(e)
+            dz = e.mul_(1 - g * g).mul_(2.0 / len(e))
+            grads += [dz.T @ f_noisy, dz.sum(dim=0)]
+        return total, grads
+
     def inverse_step(self, net: MLP, h: list[Tensor]) -> Tensor:
         """One update of every inverse on the activities ``h`` of a minibatch; returns the summed inverse loss."""
         if self.inverse_opt is None:
             return torch.zeros(())
         params = [p for i in self.V for p in (self.V[i], self.c[i])]
-        with torch.enable_grad():
-            total = sum(self.inverse_losses(net, h, self.sigma, self.generator).values())
-            grads = torch.autograd.grad(total, params)
+        total, grads = self.inverse_grads(net, h, self.sigma, self.generator)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         self.inverse_opt.step()
-        return total.detach()
+        return total
 
     # --- the seam --------------------------------------------------------------------------------
     def on_epoch_start(self, net: MLP, epoch: int, batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]) -> dict[str, float]:
@@ -147,9 +166,12 @@ class TargetProp(LearningRule):
         out = {"sigma": self.sigma}
         if self.params["schedule"] == "alternating" and self.inverse_opt is not None:
             total, n = None, 0
+            top = max(self.V) - 1  # the inverses read h_1 .. h_{L-2}: no need to run the top two layers
             for x, _ in batches():  # the forward weights do not change during this pass
                 with torch.no_grad():
-                    h = net.forward_all(x).h
+                    h = [x]
+                    for i in range(1, top + 1):
+                        h.append(net.layer(i, h[-1])[1])
                 loss = self.inverse_step(net, h)
                 total = loss if total is None else total + loss
                 n += 1
@@ -157,45 +179,43 @@ class TargetProp(LearningRule):
                 out["inverse_loss"] = float(total) / n  # summed over layers, mean over the epoch's minibatches
         return out
 
+    @torch.no_grad()
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
+        """One forward update, by explicit algebra (the gradients autograd would give for the same losses).
+
+        Top layer: the loss itself, δ_L = ∂L/∂a_L. Penultimate target ĥ_{L−1} = h_{L−1} − η̂ ∂L/∂h_{L−1} with
+        ∂L/∂h_{L−1} = δ_L W_L. Hidden layer i: the local loss mean_batch ‖h_i − ĥ_i‖² gives δ_i = 2 (h_i − ĥ_i) f_i'(a_i)
+        / batch, ∂W_i = δ_iᵀ h_{i−1}, ∂b_i = Σ_batch δ_i (inputs and targets constant).
+        """
         L = net.n_layers
-        # One forward pass with every layer's input detached: h[i] keeps the graph of layer i alone, which is
-        # all the layer-local losses need; the top layer's input is a leaf so that ∂L/∂h_{L-1} comes out.
-        h: list[Tensor] = [x]
-        with torch.enable_grad():
-            for i in range(1, L + 1):
-                h_in = h[i - 1].detach()
-                if i == L:
-                    h_in.requires_grad_(True)
-                a_i, h_i = net.layer(i, h_in)
-                h.append(h_i)
-            top = loss_value(self.loss, a_i, h_i, target, self.reduction)
-            top_params = net.weight_and_bias(L)
-            grads = torch.autograd.grad(top, top_params + [h_in])
-        for p, g in zip(top_params, grads, strict=False):
-            p.grad = g  # the top layer learns from the loss itself
-        grad_h = grads[-1]  # ∂L/∂h_{L-1}; with reduction 'mean' the per-example step is η̂ / batch (authors' code)
-        hd = [t.detach() for t in h]
+        fwd = net.forward_all(x)
+        h = fwd.h
+        top = loss_value(self.loss, fwd.a[L], h[L], target, self.reduction)
+        delta_L = output_delta(self.loss, net.activations[-1], fwd, target, self.reduction)
+        set_layer_grads(net, L, delta_L, h[L - 1])  # the top layer learns from the loss itself
+        grad_h = delta_L @ net.W[L - 1]  # ∂L/∂h_{L-1}; with reduction 'mean' the per-example step is η̂ / batch
 
         if self.params["schedule"] == "parallel":
-            self.inverse_step(net, hd)
+            self.inverse_step(net, h)
 
-        with torch.no_grad():
-            h_target = propagate_targets(hd, hd[L - 1] - self.params["eta_hat"] * grad_h, self.inverse, self.difference)
+        h_target = propagate_targets(h, h[L - 1] - self.params["eta_hat"] * grad_h, self.inverse, self.difference)
 
-        # Layer-local losses ‖f_i(h_{i-1}) − ĥ_i‖² (summed over units, mean over the batch), i = 1..L-1; their sum
-        # has, w.r.t. W_i and b_i, exactly layer i's local gradient since every input and target is constant.
-        hidden = list(range(1, L))
-        if hidden:
-            with torch.enable_grad():
-                local = sum(squared_error(h[i], h_target[i]) for i in hidden)
-                params = [p for i in hidden for p in net.weight_and_bias(i)]
-                for p, g in zip(params, torch.autograd.grad(local, params), strict=True):
-                    p.grad = g
         delta_h: list[Tensor | None] = [None] * L
-        for i in hidden:
-            delta_h[i] = h_target[i] - hd[i]  # the direction layer i is pushed, compared with −∂L/∂h_i of BP
-        return StepResult(loss=top.detach(), output=hd[L], delta_h=delta_h)
+        for i in range(1, L):
+            delta_h[i] = h_target[i] - h[i]  # the direction layer i is pushed, compared with −∂L/∂h_i of BP
+            delta = (-2.0 / len(x)) * delta_h[i] * activation_derivative(net.activations[i - 1], fwd.a[i], h[i])
+            set_layer_grads(net, i, delta, h[i - 1])
+        return StepResult(loss=top, output=h[L], delta_h=delta_h)
+
+    def local_losses(self, net: MLP, x: Tensor, h_target: list[Tensor | None]) -> Tensor:
+        """Σ_i mean_batch ‖f_i(h_{i−1}) − ĥ_i‖² over the hidden layers, each layer's input detached: a
+        differentiable reference for the explicit gradients of :meth:`compute_grads` (used by the tests)."""
+        h_prev, total = x, torch.zeros(())
+        for i in range(1, net.n_layers):
+            _, h_i = net.layer(i, h_prev.detach())
+            total = total + squared_error(h_i, h_target[i])
+            h_prev = h_i
+        return total
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
