@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     x0, t0 = batches[0]
     ours_step(x0, t0)
     bt_step(x0, t0)
-    max_diff = max(float((net.W[k] - bt[2 * k].weight).abs().max()) for k in range(net.n_layers))
+    max_diff = max(float((net.W[k] - bt[2 * k].weight).detach().abs().max()) for k in range(net.n_layers))
     print(f"max |W_ours - W_biotorch| after one step from the same state: {max_diff:.2e}", flush=True)
     if max_diff > 1e-5:
         raise SystemExit("the two implementations disagree after one step: not the same rule, no comparison")
