@@ -101,7 +101,8 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
 
 def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]:
     """'holds' if every `lower` method ends below every `higher` one in mean (and, with `test`, the t-test
-    over seeds of lower[0] vs higher[0] gives p < alpha)."""
+    over seeds of lower[0] vs higher[0] gives p < alpha: ``welch`` / ``student`` two-sample, or ``paired`` over the
+    seeds both methods ran, for experiments whose seed fixes the task so that runs of one seed are matched)."""
     col = f"final_{claim['metric']}"
     means = ok.groupby("method")[col].mean()
     lower, higher = claim["lower"], claim.get("higher", [])
@@ -121,11 +122,17 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]
     if claim.get("test"):
         from scipy import stats
 
-        a = ok.loc[ok["method"] == lower[0], col].astype(float)
-        b = ok.loc[ok["method"] == higher[0], col].astype(float)
+        a = ok.loc[ok["method"] == lower[0]].set_index("seed")[col].astype(float)
+        b = ok.loc[ok["method"] == higher[0]].set_index("seed")[col].astype(float)
+        if claim["test"] == "paired":  # runs of the same seed share the task (e.g. the teacher) and data order
+            common = a.index.intersection(b.index)
+            a, b = a.loc[common], b.loc[common]
         if min(len(a), len(b)) < 2:
             return "too few seeds for a t-test", stat
-        t, p = stats.ttest_ind(a, b, equal_var=claim["test"] == "student")
+        if claim["test"] == "paired":
+            t, p = stats.ttest_rel(a, b)
+        else:
+            t, p = stats.ttest_ind(a, b, equal_var=claim["test"] == "student")
         alpha = claim.get("alpha", 0.05)
         stat += f"; {claim['test']} t = {t:.2f}, p = {p:.2g} (n = {len(a)}, {len(b)})"
         holds = holds and p < alpha
