@@ -18,6 +18,12 @@ Schedules: ``alternating`` (the authors' code: each epoch one full pass of inver
 minibatches, then the forward pass) or ``parallel`` (one inverse update on each minibatch just before its
 forward update). σ may decay as σ_e = σ / (1 + e / sigma_decay_epochs), e = 1, 2, ... the epoch
 (the authors' discrete and stochastic nets).
+
+Nets that transmit s_i = T_i(h_i) instead of h_i (sign, sampled binary units; :meth:`MLP.transmit`) need no
+change of the rule: each layer reads what the net transmits, the penultimate target steps along the gradient
+w.r.t. the transmitted signal, ĥ_{L−1} = h_{L−1} − η̂ ∂L/∂s_{L−1} (sto_dtp.py: H2_ = H2 − H2b + H2b_), and the
+inverses read what the net feeds back, g_i(h_i) = tanh(V_i · feedback_signal_i(h_i) + c_i) (disc_dtp.py:
+tanh(V_2 sign(h_2) + c_2)). For a plain net all three are the formulas above.
 """
 
 from __future__ import annotations
@@ -124,8 +130,8 @@ class TargetProp(LearningRule):
             noise = torch.randn(h_prev.shape, generator=generator).to(h_prev.device, h_prev.dtype)
             h_noisy = h_prev + sigma * noise
             with torch.no_grad():
-                _, f_noisy = net.layer(i, h_noisy)
-            out[i] = squared_error(self.inverse(i, f_noisy), h_noisy)
+                _, f_noisy = net.layer(i, net.transmit(i - 1, h_noisy, generator))  # f_i reads T_{i-1}(h̃_{i-1})
+            out[i] = squared_error(self.inverse(i, net.feedback_signal(i, f_noisy)), h_noisy)
         return out
 
     def inverse_step(self, net: MLP, h: list[Tensor]) -> Tensor:
@@ -164,7 +170,7 @@ class TargetProp(LearningRule):
         h: list[Tensor] = [x]
         with torch.enable_grad():
             for i in range(1, L + 1):
-                h_in = h[i - 1].detach()
+                h_in = net.transmit(i - 1, h[i - 1]).detach()  # s_{i-1}: what layer i reads (= h_{i-1} for a plain net)
                 if i == L:
                     h_in.requires_grad_(True)
                 a_i, h_i = net.layer(i, h_in)
@@ -174,14 +180,17 @@ class TargetProp(LearningRule):
             grads = torch.autograd.grad(top, top_params + [h_in])
         for p, g in zip(top_params, grads, strict=False):
             p.grad = g  # the top layer learns from the loss itself
-        grad_h = grads[-1]  # ∂L/∂h_{L-1}; with reduction 'mean' the per-example step is η̂ / batch (authors' code)
+        grad_h = grads[-1]  # ∂L/∂s_{L-1}; with reduction 'mean' the per-example step is η̂ / batch (authors' code)
         hd = [t.detach() for t in h]
 
         if self.params["schedule"] == "parallel":
             self.inverse_step(net, hd)
 
         with torch.no_grad():
-            h_target = propagate_targets(hd, hd[L - 1] - self.params["eta_hat"] * grad_h, self.inverse, self.difference)
+            def inverse(i: int, h_i: Tensor) -> Tensor:  # g_i reads what the net feeds back of layer i
+                return self.inverse(i, net.feedback_signal(i, h_i))
+
+            h_target = propagate_targets(hd, hd[L - 1] - self.params["eta_hat"] * grad_h, inverse, self.difference)
 
         # Layer-local losses ‖f_i(h_{i-1}) − ĥ_i‖² (summed over units, mean over the batch), i = 1..L-1; their sum
         # has, w.r.t. W_i and b_i, exactly layer i's local gradient since every input and target is constant.
