@@ -239,11 +239,20 @@ def test_tiny_mnist_dtp_run_lowers_the_training_error_and_logs_angles(method, mn
         assert (rows[[f"angle_dW_{i}" for i in range(1, hidden + 1)]].iloc[1:] < 90).all().all()
 
 
+def sign_net(seed: int = 0) -> MLP:
+    """TANH_SIZES with every hidden layer transmitting sign(h_i), and the inverses reading sign(h_i) (disc_dtp.py)."""
+    n_hidden = len(TANH_SIZES) - 2
+    g = torch.Generator().manual_seed(seed)
+    return MLP(TANH_SIZES, "tanh", "softmax", init={"distribution": "orthogonal", "scale": 1.0}, generator=g,
+               transmission=["sign"] * n_hidden, feedback_transmission=["sign"] * n_hidden).to(torch.float64)
+
+
+@pytest.mark.parametrize("net_kind", ["plain", "sign"])
 @pytest.mark.parametrize("name", ["target_prop", "difference_target_prop"])
-def test_explicit_forward_gradients_equal_autograd_of_the_top_loss_and_the_layer_local_losses(name):
+def test_explicit_forward_gradients_equal_autograd_of_the_top_loss_and_the_layer_local_losses(name, net_kind):
     """compute_grads writes, by explicit algebra, exactly the gradients of the NLL (top layer) and of the
-    layer-local losses ‖f_i(h_{i−1}) − ĥ_i‖² (hidden layers, inputs and targets constant)."""
-    net = make_net(dtype=torch.float64)
+    layer-local losses ‖f_i(s_{i−1}) − ĥ_i‖² (hidden layers, inputs and targets constant)."""
+    net = make_net(dtype=torch.float64) if net_kind == "plain" else sign_net()
     x, t = minibatch(TANH_SIZES[0], TANH_SIZES[-1], dtype=torch.float64)
     rule = make_rule(name, net)
     for V in rule.V.values():  # trained-looking inverses, so the targets are not trivial
@@ -252,20 +261,22 @@ def test_explicit_forward_gradients_equal_autograd_of_the_top_loss_and_the_layer
     explicit = [p.grad.clone() for p in net.parameters()]
 
     with torch.no_grad():
-        h = net.forward_all(x).h
+        fwd = net.forward_all(x)
+    h = fwd.h
     h_target = [None] + [h[i] + step.delta_h[i] for i in range(1, net.n_layers)]
     L = net.n_layers
-    a_L, _ = net.layer(L, h[L - 1])
+    a_L, _ = net.layer(L, fwd.input_of(L))
     top = -(t * F.log_softmax(a_L, dim=1)).sum(dim=1).mean()
     ref = dict(zip(net.weight_and_bias(L), torch.autograd.grad(top, net.weight_and_bias(L)), strict=True))
     hidden = [p for i in range(1, L) for p in net.weight_and_bias(i)]
-    ref.update(zip(hidden, torch.autograd.grad(rule.local_losses(net, x, h_target), hidden), strict=True))
+    ref.update(zip(hidden, torch.autograd.grad(rule.local_losses(net, fwd, h_target), hidden), strict=True))
     for p, g in zip(net.parameters(), explicit, strict=True):
         torch.testing.assert_close(g, ref[p], rtol=1e-10, atol=1e-12)
 
 
-def test_explicit_inverse_gradients_equal_autograd_of_the_noise_preserving_loss():
-    net = make_net(dtype=torch.float64)
+@pytest.mark.parametrize("net_kind", ["plain", "sign"])
+def test_explicit_inverse_gradients_equal_autograd_of_the_noise_preserving_loss(net_kind):
+    net = make_net(dtype=torch.float64) if net_kind == "plain" else sign_net()
     x, _ = minibatch(TANH_SIZES[0], TANH_SIZES[-1], dtype=torch.float64)
     rule = make_rule("difference_target_prop", net)
     with torch.no_grad():

@@ -79,16 +79,31 @@ def _check_sizes(exp: Mapping, where: str, sizes: list[int]) -> None:
         raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[dataset]} classes")
 
 
+def _check_transmission(net: Mapping, where: str) -> None:
+    """One entry per hidden layer in every transmission list; sampled units need probabilities (sigmoid)."""
+    n_hidden = len(net["sizes"]) - 2
+    for key in ("transmission", "test_transmission", "feedback_transmission"):
+        kinds = net.get(key)
+        if kinds is not None and len(kinds) != n_hidden:
+            raise ConfigError(f"{where}.net.{key}: {kinds} needs one entry per hidden layer ({n_hidden})")
+        if kinds and "bernoulli" in kinds and net["hidden_activation"] != "sigmoid":
+            raise ConfigError(f"{where}.net.{key}: bernoulli units sample their activity as a probability; "
+                              f"set hidden_activation: sigmoid (not {net['hidden_activation']})")
+
+
 def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
     from biocredit.rules import RULES
 
     for ename, exp in cfg["experiments"].items():
         where = f"{source}: experiments.{ename}"
         _check_sizes(exp, where, exp["net"]["sizes"])
+        _check_transmission(exp["net"], where)
         for mname, method in exp["methods"].items():
             rule = method["rule"]
             if "sizes" in method.get("net", {}):
                 _check_sizes(exp, f"{where}.methods.{mname}", method["net"]["sizes"])
+            if method.get("net"):
+                _check_transmission(deep_merge(exp["net"], method["net"]), f"{where}.methods.{mname}")
             if rule not in RULES:
                 raise ConfigError(
                     f"{where}.methods.{mname}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}"
@@ -165,6 +180,8 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         raise ConfigError(f"experiments.{experiment}.methods.{method}: no such method; known: {', '.join(exp['methods'])}")
     m = exp["methods"][method]
     train = deep_merge(deep_merge(TRAIN_DEFAULTS, exp["train"]), m.get("train", {}))
+    scale_settings = dict(exp["scales"][scale])
+    net_at_scale = {"test_passes": scale_settings.pop("test_passes")} if "test_passes" in scale_settings else {}
     return {
         "experiment": experiment,
         "method": method,
@@ -174,13 +191,13 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "preprocess": exp.get("preprocess", "unit_interval"),
         "task": exp.get("task"),
         "valid_size": exp.get("valid_size"),
-        "net": deep_merge(deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}}, exp["net"]),
-                          m.get("net", {})),
+        "net": deep_merge(deep_merge(deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}},
+                                                exp["net"]), m.get("net", {})), net_at_scale),
         "loss": exp["loss"],
         "train": train,
         "rule": m["rule"],
         "params": RULES[m["rule"]].resolve_params(m.get("params", {})),
-        **exp["scales"][scale],
+        **scale_settings,
     }
 
 

@@ -3,6 +3,26 @@
 Notation follows the papers: layer i computes a_i = W_i h_{i-1} + b_i and h_i = f_i(a_i), with
 h_0 = x and h_L = y the output. Weights are stored (out, in) and batches as rows, so in code
 a_i = h_{i-1} @ W_i.T + b_i.
+
+Transmission. What layer i+1 reads of layer i need not be h_i itself: a net may *transmit*
+s_i = T_i(h_i) and compute a_{i+1} = W_{i+1} s_i + b_{i+1} (Lee et al. 2015, §3.3-3.4; the authors'
+disc_*.py and sto_*.py scripts). T_i is one of
+
+  identity   s_i = h_i (every net so far);
+  sign       s_i = sign(h_i) = +1 where h_i > 0, else −1 (the scripts' ``sign``, so sign(0) = −1);
+  bernoulli  s_i ~ Bernoulli(h_i), sampled to 0/1 (h_i: sigmoid probabilities; the scripts' ``samp``:
+             s = 1[u < h], u ~ U[0, 1)).
+
+The input may be corrupted in training, s_0 = x + N(0, σ_in²) (``input_noise``; sto_dtp.py). Training and
+evaluation may transmit differently (``test_transmission``, e.g. a continuous net discretised at test), and
+an evaluation may average the output over several stochastic passes (``test_passes``; sto_dtp.py averages
+the softmax over 100). ``feedback_transmission`` is what a learned inverse g_i of a rule reads of layer i
+(disc_dtp.py: g_2(h_2) = tanh(V_2 sign(h_2) + c_2)). For rules that differentiate through the net
+(backprop), ``transmission_gradient`` says what ∂s_i/∂h_i is: ``zero`` (the derivative of sign, and of a
+sample w.r.t. its probability, almost everywhere) or ``straight_through`` (∂s_i/∂h_i := 1, so
+∂L/∂a_i = ∂L/∂s_i ⊙ f_i'(a_i): for sigmoid units the straight-through variant that keeps the sigmoid's
+derivative, Bengio, Léonard & Courville 2013, arXiv 1308.3432; sto_bp_ge.py). Every random draw comes from an
+explicit ``torch.Generator`` (the run's, or the one an evaluation passes in), never the global RNG.
 """
 
 from __future__ import annotations
@@ -40,6 +60,30 @@ def activation_derivative(name: str, a: Tensor, h: Tensor) -> Tensor:
     raise ValueError(f"activation {name!r} has no elementwise derivative (softmax pairs with cross_entropy)")
 
 
+TRANSMISSIONS = ("identity", "sign", "bernoulli")
+FEEDBACK_TRANSMISSIONS = ("identity", "sign")
+TRANSMISSION_GRADIENTS = ("zero", "straight_through")
+EVAL_ELEMENTS = 4_000_000  # at most this many hidden units × passes × examples at once in a multi-pass evaluation
+
+
+def sign(h: Tensor) -> Tensor:
+    """+1 where h > 0, else −1 (the DTP scripts' ``sign``: util.py, ``T.switch(x > 0, 1, -1)``)."""
+    return torch.where(h > 0, 1.0, -1.0).to(h.dtype)
+
+
+class _Transmitted(torch.autograd.Function):
+    """Forward: the transmitted signal s (computed outside). Backward: ∂s/∂h = 1 (straight-through) or 0."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, s: Tensor, straight_through: bool) -> Tensor:  # noqa: D102
+        ctx.straight_through = straight_through
+        return s.clone()
+
+    @staticmethod
+    def backward(ctx, grad_s: Tensor):  # noqa: D102
+        return (grad_s if ctx.straight_through else torch.zeros_like(grad_s)), None, None
+
+
 def init_tensor(shape: tuple[int, ...], init: dict, generator: torch.Generator) -> Tensor:
     """Draw a tensor from ``init`` = {distribution, scale} with an explicit generator (never the global RNG)."""
     dist, scale = init["distribution"], float(init["scale"])
@@ -47,6 +91,9 @@ def init_tensor(shape: tuple[int, ...], init: dict, generator: torch.Generator) 
         return (torch.rand(shape, generator=generator) * 2 - 1) * scale
     if dist == "normal":
         return torch.randn(shape, generator=generator) * scale
+    if dist == "glorot_uniform":  # U[-scale*sqrt(6/(fan_in+fan_out)), ...]: the sto_*.py scripts' ``rand``
+        bound = scale * (6.0 / (shape[0] + shape[-1])) ** 0.5
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
     if dist == "lecun_uniform":  # U[-scale*sqrt(3/fan_in), ...]: unit variance pre-activations for unit inputs
         bound = scale * (3.0 / shape[-1]) ** 0.5
         return (torch.rand(shape, generator=generator) * 2 - 1) * bound
@@ -59,14 +106,20 @@ def init_tensor(shape: tuple[int, ...], init: dict, generator: torch.Generator) 
 
 @dataclass
 class Forward:
-    """What one minibatch produced: pre-activations a[i] (i = 1..L, a[0] unused) and activations h[0..L]."""
+    """What one minibatch produced: pre-activations a[i] (i = 1..L, a[0] unused), activations h[0..L] and the
+    transmitted signals s[0..L-1] that layers 1..L read (None: s = h, every layer reads h_{i-1} itself)."""
 
     a: list[Tensor | None]
     h: list[Tensor]
+    s: list[Tensor] | None = None
 
     @property
     def y(self) -> Tensor:
         return self.h[-1]
+
+    def input_of(self, i: int) -> Tensor:
+        """What layer i read: s_{i-1}."""
+        return self.h[i - 1] if self.s is None else self.s[i - 1]
 
 
 class MLP(nn.Module):
@@ -80,12 +133,33 @@ class MLP(nn.Module):
         bias: bool = True,
         init: dict | None = None,
         generator: torch.Generator | None = None,
+        transmission: list[str] | None = None,
+        test_transmission: list[str] | None = None,
+        feedback_transmission: list[str] | None = None,
+        transmission_gradient: str = "zero",
+        input_noise: float = 0.0,
+        test_passes: int = 1,
     ) -> None:
         super().__init__()
         init = init or {"distribution": "uniform", "scale": 0.05}
         generator = generator or torch.Generator().manual_seed(0)
         self.sizes = list(sizes)
         self.activations = [hidden_activation] * (len(sizes) - 2) + [output_activation]
+        n_hidden = len(sizes) - 2
+        self.transmission = list(transmission or ["identity"] * n_hidden)  # T_i, i = 1..L-1 (index i-1)
+        self.test_transmission = list(test_transmission or self.transmission)
+        self.feedback_transmission = list(feedback_transmission or ["identity"] * n_hidden)
+        for key, kinds, allowed in (("transmission", self.transmission, TRANSMISSIONS),
+                                    ("test_transmission", self.test_transmission, TRANSMISSIONS),
+                                    ("feedback_transmission", self.feedback_transmission, FEEDBACK_TRANSMISSIONS)):
+            if len(kinds) != n_hidden or any(k not in allowed for k in kinds):
+                raise ValueError(f"{key}: {kinds!r} must list one of {', '.join(allowed)} per hidden layer ({n_hidden})")
+        if transmission_gradient not in TRANSMISSION_GRADIENTS:
+            raise ValueError(f"transmission_gradient: {transmission_gradient!r} is not one of {TRANSMISSION_GRADIENTS}")
+        self.straight_through = transmission_gradient == "straight_through"
+        self.input_noise = float(input_noise)
+        self.test_passes = int(test_passes)
+        self.generator = generator  # the run's: samples of stochastic units and input noise in training
         self.W = nn.ParameterList(
             nn.Parameter(init_tensor((n_out, n_in), init, generator)) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False)
         )
@@ -103,19 +177,93 @@ class MLP(nn.Module):
             a = a + self.b[i - 1]
         return a, activation(self.activations[i - 1], a)
 
-    def forward_all(self, x: Tensor) -> Forward:
+    # --- transmission --------------------------------------------------------------------------
+    @property
+    def transmits(self) -> bool:
+        """False for a plain net (every layer reads h_{i-1}, no input noise): callers may skip s entirely."""
+        return self.input_noise > 0 or any(k != "identity" for k in self.transmission + self.test_transmission)
+
+    def transmission_at(self, i: int) -> str:
+        """T_i in the current mode (``self.training``: training, else evaluation), i = 1..L-1."""
+        return (self.transmission if self.training else self.test_transmission)[i - 1]
+
+    def transmit(self, i: int, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """s_i = T_i(h_i), what layer i+1 reads of layer i (i = 0: the input x, plus N(0, σ_in²) in training).
+
+        Random draws (samples, input noise) come from ``generator``, by default the run's (``self.generator``).
+        Under autograd, s_i passes gradient to h_i as ``transmission_gradient`` says (zero or straight-through).
+        """
+        gen = generator or self.generator
+        if i == 0:
+            if self.training and self.input_noise > 0:
+                return h + self.input_noise * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)
+            return h
+        kind = self.transmission_at(i)
+        if kind == "identity":
+            return h
+        if kind == "sign":
+            s = sign(h)
+        else:  # bernoulli: s = 1[u < p], u ~ U[0, 1) (a p outside [0, 1] gives a sure 0 or 1, as the scripts' samp)
+            u = torch.rand(h.shape, generator=gen).to(h.device, h.dtype)
+            s = (u < h).to(h.dtype)
+        if torch.is_grad_enabled() and h.requires_grad:
+            return _Transmitted.apply(h, s, self.straight_through)
+        return s
+
+    def transmission_derivative(self, i: int) -> float | None:
+        """∂s_i/∂h_i for explicit backprop algebra: None for 1 (identity, straight-through), else 0.0."""
+        return None if self.transmission_at(i) == "identity" or self.straight_through else 0.0
+
+    def feedback_signal(self, i: int, h: Tensor) -> Tensor:
+        """What a learned inverse g_i reads of layer i: h_i, or sign(h_i) (disc_dtp.py's G2)."""
+        return sign(h) if self.feedback_transmission[i - 1] == "sign" else h
+
+    # --- passes ----------------------------------------------------------------------------------
+    def forward_all(self, x: Tensor, generator: torch.Generator | None = None) -> Forward:
         a: list[Tensor | None] = [None]
         h = [x]
+        s: list[Tensor] = []
         for i in range(1, self.n_layers + 1):
-            a_i, h_i = self.layer(i, h[-1])
+            s.append(self.transmit(i - 1, h[-1], generator))
+            a_i, h_i = self.layer(i, s[-1])
             a.append(a_i)
             h.append(h_i)
-        return Forward(a=a, h=h)
+        return Forward(a=a, h=h, s=s if self.transmits else None)
 
     def forward(self, x: Tensor) -> Tensor:
         for i in range(1, self.n_layers + 1):
-            _, x = self.layer(i, x)
+            _, x = self.layer(i, self.transmit(i - 1, x))
         return x
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, generator: torch.Generator | None = None, passes: int | None = None) -> tuple[Tensor, Tensor]:
+        """(a_L, y) of an evaluation pass in the current mode; with ``passes`` (default ``test_passes``) > 1 and a
+        stochastic transmission, y is the mean output over that many independent passes (sto_dtp.py: the softmax
+        averaged over 100 passes) and a_L = log ȳ for a softmax output (so the NLL is −log ȳ_label).
+
+        Vectorised: the layers up to the first stochastic transmission run once; from there the passes run as one
+        batched tensor (passes × examples × units), in chunks of examples to bound memory.
+        """
+        K = self.test_passes if passes is None else passes
+        stochastic = [i for i in range(1, self.n_layers) if self.transmission_at(i) == "bernoulli"]
+        if K <= 1 or not stochastic or (self.training and self.input_noise > 0):
+            fwd = self.forward_all(x, generator)
+            return fwd.a[-1], fwd.h[-1]
+        first = stochastic[0]
+        h = x
+        for i in range(1, first + 1):  # deterministic up to h_first
+            _, h = self.layer(i, self.transmit(i - 1, h, generator))
+        per_chunk = max(1, EVAL_ELEMENTS // (K * max(self.sizes[first:])))
+        a_out, y_out = [], []
+        for c in range(0, len(h), per_chunk):
+            hk = h[c : c + per_chunk].expand(K, -1, -1)  # passes × examples × units; sampling makes them differ
+            for i in range(first + 1, self.n_layers + 1):
+                a_k, hk = self.layer(i, self.transmit(i - 1, hk, generator))
+            y = hk.mean(dim=0)
+            a_out.append(torch.log(y.clamp_min(torch.finfo(y.dtype).tiny)) if self.activations[-1] == "softmax"
+                         else a_k.mean(dim=0))
+            y_out.append(y)
+        return torch.cat(a_out), torch.cat(y_out)
 
     def weight_and_bias(self, i: int) -> list[nn.Parameter]:
         return [self.W[i - 1]] + ([self.b[i - 1]] if self.b is not None else [])
@@ -129,4 +277,10 @@ def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:
         bias=net_cfg.get("bias", True),
         init=net_cfg.get("init"),
         generator=generator,
+        transmission=net_cfg.get("transmission"),
+        test_transmission=net_cfg.get("test_transmission"),
+        feedback_transmission=net_cfg.get("feedback_transmission"),
+        transmission_gradient=net_cfg.get("transmission_gradient", "zero"),
+        input_noise=net_cfg.get("input_noise", 0.0),
+        test_passes=net_cfg.get("test_passes", 1),
     )

@@ -114,13 +114,22 @@ def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimi
 
 
 @torch.no_grad()
-def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str) -> dict[str, float]:
-    """Mean per-example loss and error (% misclassified, or NSE for regression) on a whole set."""
+def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str,
+             generator: torch.Generator | None = None, passes: int | None = None) -> dict[str, float]:
+    """Mean per-example loss and error (% misclassified, or NSE for regression) on a whole set.
+
+    The net is put in evaluation mode (its test-time transmission, no input noise) and its output may be the
+    mean of several stochastic passes (:meth:`MLP.predict`); random draws come from ``generator``.
+    """
     total, outputs = 0.0, []
-    for s in range(0, len(x), EVAL_CHUNK):
-        fwd = net.forward_all(x[s : s + EVAL_CHUNK])
-        total += float(loss_value(loss, fwd.a[-1], fwd.h[-1], t[s : s + EVAL_CHUNK], "sum"))
-        outputs.append(fwd.h[-1])
+    net.eval()
+    try:
+        for s in range(0, len(x), EVAL_CHUNK):
+            a_L, y = net.predict(x[s : s + EVAL_CHUNK], generator, passes)
+            total += float(loss_value(loss, a_L, y, t[s : s + EVAL_CHUNK], "sum"))
+            outputs.append(y)
+    finally:
+        net.train()
     y = torch.cat(outputs)
     err = classification_error(y, labels) if labels is not None else normalised_squared_error(y, t)
     return {"loss": total / len(x), "error": err}
@@ -272,11 +281,15 @@ def train(
 
     def eval_row(examples_seen: int, extra: Mapping[str, float]) -> dict[str, Any]:
         t0 = time.time()
-        tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"])
-        te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"])
+        # Stochastic nets: evaluation draws from a stream of its own, fixed by (seed, examples seen), so it is the
+        # same on resume and never shifts the training stream. The training error comes from ONE pass (as the
+        # authors' scripts monitor it), the test and validation errors from the net's test_passes.
+        eval_gen = torch.Generator().manual_seed((seed + 1) * 7_919_993 + examples_seen)
+        tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"], eval_gen, passes=1)
+        te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"], eval_gen)
         va = {}
         if task.x_valid is not None:
-            v = evaluate(net, task.x_valid, task.t_valid, task.labels_valid, run_cfg["loss"])
+            v = evaluate(net, task.x_valid, task.t_valid, task.labels_valid, run_cfg["loss"], eval_gen)
             va = {"valid_loss": v["loss"], "valid_error": v["error"]}
         epoch = examples_seen // n if examples_seen % n == 0 else round(examples_seen / n, 6)
         return {"epoch": epoch, "examples_seen": examples_seen,

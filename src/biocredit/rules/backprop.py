@@ -1,4 +1,10 @@
-"""Backpropagation (the reference): exact gradients by autograd."""
+"""Backpropagation (the reference): exact gradients by autograd.
+
+Through a net that transmits s_i = T_i(h_i) (sign, sampled binary units; see :mod:`biocredit.nets`) the
+gradient follows the net's ``transmission_gradient``: ``zero`` gives the exact gradient of the discrete net, so
+every layer below a sign learns nothing (Lee et al. 2015, discrete net, baseline 1; disc_bp1.py);
+``straight_through`` gives the straight-through estimator (stochastic net baseline; sto_bp_ge.py).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction:
     delta_L = output_delta(loss, net.activations[-1], fwd, target, reduction)
     feedback = [None, None] + [W.T for W in net.W[1:]]
     delta, delta_h = propagate_through_feedback(net, fwd, delta_L, feedback)
-    gW = [delta[i].T @ fwd.h[i - 1] for i in range(1, net.n_layers + 1)]
+    gW = [delta[i].T @ fwd.input_of(i) for i in range(1, net.n_layers + 1)]  # layer i read s_{i-1}
     gb = [delta[i].sum(dim=0) for i in range(1, net.n_layers + 1)] if net.b is not None else []
     return gW + gb, delta_h, delta_L
 

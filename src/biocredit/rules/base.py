@@ -92,7 +92,8 @@ def propagate_through_feedback(
     """Send the output error down through feedback matrices instead of W^T (Lillicrap 2016, Eq. for deep FA).
 
     ``feedback[j]`` is B_j (j = 2..L), shaped like W_j^T (n_{j-1} x n_j). Returns (delta, delta_h) with
-    delta[i] = dL/da_i as the rule sees it and Δh_i = -(delta_{i+1} B_{i+1}^T) the signal sent to hidden layer i.
+    delta[i] = dL/da_i as the rule sees it and Δh_i = -(delta_{i+1} B_{i+1}^T) the signal sent to hidden layer i
+    (times ∂s_i/∂h_i where the net transmits s_i = T_i(h_i), see :meth:`MLP.transmit`).
     With B_{i+1} = W_{i+1}^T this is exactly backprop.
     """
     L = net.n_layers
@@ -100,7 +101,9 @@ def propagate_through_feedback(
     delta_h: list[Tensor | None] = [None] * L
     delta[L] = delta_L
     for i in range(L - 1, 0, -1):
-        grad_h = delta[i + 1] @ feedback[i + 1].T  # (batch, n_{i+1}) @ (n_{i+1}, n_i)
+        grad_h = delta[i + 1] @ feedback[i + 1].T  # (batch, n_{i+1}) @ (n_{i+1}, n_i): dL/ds_i
+        if fwd.s is not None and (ds := net.transmission_derivative(i)) is not None:
+            grad_h = grad_h * ds  # through the transmission s_i = T_i(h_i) (sign, samples: zero)
         delta_h[i] = -grad_h
         delta[i] = grad_h * activation_derivative(net.activations[i - 1], fwd.a[i], fwd.h[i])
     return delta, delta_h

@@ -52,7 +52,7 @@ class FeedbackAlignment(LearningRule):
         loss, delta_L = self.loss_and_delta(net, fwd, target)
         delta, delta_h = propagate_through_feedback(net, fwd, delta_L, self.B)
         for i in range(1, net.n_layers + 1):
-            set_layer_grads(net, i, delta[i], fwd.h[i - 1])
+            set_layer_grads(net, i, delta[i], fwd.input_of(i))
         if self.masks is not None:
             for W, m in zip(net.W, self.masks, strict=False):
                 W.grad.mul_(m)

@@ -16,5 +16,5 @@ class Shallow(LearningRule):
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
         fwd = net.forward_all(x)
         loss, delta_L = self.loss_and_delta(net, fwd, target)
-        set_layer_grads(net, net.n_layers, delta_L, fwd.h[-2])
+        set_layer_grads(net, net.n_layers, delta_L, fwd.input_of(net.n_layers))
         return StepResult(loss=loss, output=fwd.h[-1], delta_h=[None] * net.n_layers)

@@ -18,6 +18,12 @@ Schedules: ``alternating`` (the authors' code: each epoch one full pass of inver
 minibatches, then the forward pass) or ``parallel`` (one inverse update on each minibatch just before its
 forward update). σ may decay as σ_e = σ / (1 + e / sigma_decay_epochs), e = 1, 2, ... the epoch
 (the authors' discrete and stochastic nets).
+
+Nets that transmit s_i = T_i(h_i) instead of h_i (sign, sampled binary units; :meth:`MLP.transmit`) need no
+change of the rule: each layer reads what the net transmits, the penultimate target steps along the gradient
+w.r.t. the transmitted signal, ĥ_{L−1} = h_{L−1} − η̂ ∂L/∂s_{L−1} (sto_dtp.py: H2_ = H2 − H2b + H2b_), and the
+inverses read what the net feeds back, g_i(h_i) = tanh(V_i · feedback_signal_i(h_i) + c_i) (disc_dtp.py:
+tanh(V_2 sign(h_2) + c_2)). For a plain net all three are the formulas above.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 from torch import Tensor
 
 from biocredit.losses import loss_value, output_delta
-from biocredit.nets import MLP, activation_derivative, init_tensor
+from biocredit.nets import MLP, Forward, activation_derivative, init_tensor
 from biocredit.optim import CenteredRMSpropInsideEps
 from biocredit.rules.base import LearningRule, StepResult, set_layer_grads
 
@@ -124,16 +130,16 @@ class TargetProp(LearningRule):
             noise = torch.randn(h_prev.shape, generator=generator).to(h_prev.device, h_prev.dtype)
             h_noisy = h_prev + sigma * noise
             with torch.no_grad():
-                _, f_noisy = net.layer(i, h_noisy)
-            out[i] = squared_error(self.inverse(i, f_noisy), h_noisy)
+                _, f_noisy = net.layer(i, net.transmit(i - 1, h_noisy, generator))  # f_i reads T_{i-1}(h̃_{i-1})
+            out[i] = squared_error(self.inverse(i, net.feedback_signal(i, f_noisy)), h_noisy)
         return out
 
     @torch.no_grad()
     def inverse_grads(self, net: MLP, h: list[Tensor], sigma: float, generator: torch.Generator) -> tuple[Tensor, list]:
         """The gradients of :meth:`inverse_losses` w.r.t. (V_i, c_i), by explicit algebra (no autograd graph).
 
-        With f̃ = f_i(h̃_{i−1}), g = tanh(V_i f̃ + c_i) and ℓ_i = mean_batch ‖g − h̃_{i−1}‖²:
-        ∂ℓ_i/∂z = 2 (g − h̃)(1 − g²) / batch, ∂ℓ_i/∂V_i = (∂ℓ_i/∂z)ᵀ f̃, ∂ℓ_i/∂c_i = Σ_batch ∂ℓ_i/∂z. The same noise
+        With r = feedback_signal_i(f_i(T_{i−1}(h̃_{i−1}))), g = tanh(V_i r + c_i) and ℓ_i = mean_batch ‖g − h̃_{i−1}‖²:
+        ∂ℓ_i/∂z = 2 (g − h̃)(1 − g²) / batch, ∂ℓ_i/∂V_i = (∂ℓ_i/∂z)ᵀ r, ∂ℓ_i/∂c_i = Σ_batch ∂ℓ_i/∂z. The same noise
         draws as :meth:`inverse_losses` (tests check the two agree). Returns (Σ_i ℓ_i, [∂V_i, ∂c_i, ...]).
         """
         total, grads = torch.zeros((), device=h[0].device, dtype=h[0].dtype), []
@@ -141,12 +147,13 @@ class TargetProp(LearningRule):
             h_prev = h[i - 1]
             noise = torch.randn(h_prev.shape, generator=generator).to(h_prev.device, h_prev.dtype)
             h_noisy = torch.add(h_prev, noise, alpha=sigma)
-            _, f_noisy = net.layer(i, h_noisy)
-            g = torch.tanh(torch.addmm(self.c[i], f_noisy, self.V[i].T))
+            _, f_noisy = net.layer(i, net.transmit(i - 1, h_noisy, generator))  # f_i reads T_{i-1}(h̃_{i-1})
+            r = net.feedback_signal(i, f_noisy)  # what g_i reads of layer i
+            g = torch.tanh(torch.addmm(self.c[i], r, self.V[i].T))
             e = g - h_noisy
             total += e.pow(2).sum() / len(e)
             dz = e.mul_(1 - g * g).mul_(2.0 / len(e))
-            grads += [dz.T @ f_noisy, dz.sum(dim=0)]
+            grads += [dz.T @ r, dz.sum(dim=0)]
         return total, grads
 
     def inverse_step(self, net: MLP, h: list[Tensor]) -> Tensor:
@@ -171,7 +178,7 @@ class TargetProp(LearningRule):
                 with torch.no_grad():
                     h = [x]
                     for i in range(1, top + 1):
-                        h.append(net.layer(i, h[-1])[1])
+                        h.append(net.layer(i, net.transmit(i - 1, h[-1]))[1])
                 loss = self.inverse_step(net, h)
                 total = loss if total is None else total + loss
                 n += 1
@@ -183,39 +190,37 @@ class TargetProp(LearningRule):
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
         """One forward update, by explicit algebra (the gradients autograd would give for the same losses).
 
-        Top layer: the loss itself, δ_L = ∂L/∂a_L. Penultimate target ĥ_{L−1} = h_{L−1} − η̂ ∂L/∂h_{L−1} with
-        ∂L/∂h_{L−1} = δ_L W_L. Hidden layer i: the local loss mean_batch ‖h_i − ĥ_i‖² gives δ_i = 2 (h_i − ĥ_i) f_i'(a_i)
-        / batch, ∂W_i = δ_iᵀ h_{i−1}, ∂b_i = Σ_batch δ_i (inputs and targets constant).
+        Top layer: the loss itself, δ_L = ∂L/∂a_L. Penultimate target ĥ_{L−1} = h_{L−1} − η̂ ∂L/∂s_{L−1} with
+        ∂L/∂s_{L−1} = δ_L W_L. Hidden layer i: the local loss mean_batch ‖h_i − ĥ_i‖² gives δ_i = 2 (h_i − ĥ_i) f_i'(a_i)
+        / batch, ∂W_i = δ_iᵀ s_{i−1}, ∂b_i = Σ_batch δ_i (inputs and targets constant; s = h for a plain net).
         """
         L = net.n_layers
-        fwd = net.forward_all(x)
+        fwd = net.forward_all(x)  # samples of stochastic units from the net's (the run's) generator
         h = fwd.h
         top = loss_value(self.loss, fwd.a[L], h[L], target, self.reduction)
         delta_L = output_delta(self.loss, net.activations[-1], fwd, target, self.reduction)
-        set_layer_grads(net, L, delta_L, h[L - 1])  # the top layer learns from the loss itself
-        grad_h = delta_L @ net.W[L - 1]  # ∂L/∂h_{L-1}; with reduction 'mean' the per-example step is η̂ / batch
+        set_layer_grads(net, L, delta_L, fwd.input_of(L))  # the top layer learns from the loss itself
+        grad_h = delta_L @ net.W[L - 1]  # ∂L/∂s_{L-1}; with reduction 'mean' the per-example step is η̂ / batch
 
         if self.params["schedule"] == "parallel":
             self.inverse_step(net, h)
 
-        h_target = propagate_targets(h, h[L - 1] - self.params["eta_hat"] * grad_h, self.inverse, self.difference)
+        def inverse(i: int, h_i: Tensor) -> Tensor:  # g_i reads what the net feeds back of layer i
+            return self.inverse(i, net.feedback_signal(i, h_i))
+
+        h_target = propagate_targets(h, h[L - 1] - self.params["eta_hat"] * grad_h, inverse, self.difference)
 
         delta_h: list[Tensor | None] = [None] * L
         for i in range(1, L):
             delta_h[i] = h_target[i] - h[i]  # the direction layer i is pushed, compared with −∂L/∂h_i of BP
             delta = (-2.0 / len(x)) * delta_h[i] * activation_derivative(net.activations[i - 1], fwd.a[i], h[i])
-            set_layer_grads(net, i, delta, h[i - 1])
+            set_layer_grads(net, i, delta, fwd.input_of(i))  # layer i read s_{i-1}
         return StepResult(loss=top, output=h[L], delta_h=delta_h)
 
-    def local_losses(self, net: MLP, x: Tensor, h_target: list[Tensor | None]) -> Tensor:
-        """Σ_i mean_batch ‖f_i(h_{i−1}) − ĥ_i‖² over the hidden layers, each layer's input detached: a
-        differentiable reference for the explicit gradients of :meth:`compute_grads` (used by the tests)."""
-        h_prev, total = x, torch.zeros(())
-        for i in range(1, net.n_layers):
-            _, h_i = net.layer(i, h_prev.detach())
-            total = total + squared_error(h_i, h_target[i])
-            h_prev = h_i
-        return total
+    def local_losses(self, net: MLP, fwd: Forward, h_target: list[Tensor | None]) -> Tensor:
+        """Σ_i mean_batch ‖f_i(s_{i−1}) − ĥ_i‖² over the hidden layers, with the inputs s_{i−1} of the pass ``fwd``
+        held constant: a differentiable reference for the explicit gradients of :meth:`compute_grads` (tests)."""
+        return sum(squared_error(net.layer(i, fwd.input_of(i).detach())[1], h_target[i]) for i in range(1, net.n_layers))
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
