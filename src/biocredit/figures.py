@@ -215,22 +215,35 @@ def plot_reconstructions(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run
 def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
                   out_stem: Path, provenance: str = "") -> list[Path]:
     """The features (filters) an auto-encoder learned: the incoming weights W₁ of ``n_units`` random hidden
-    units (the same units in every panel, seed 0) as images, one panel per method, per-unit contrast."""
+    units (the same units in every panel, seed 0) as images, one column per method, per-unit contrast; below,
+    each method's change since its initialisation (rebuilt from the run's seed, as the trainer draws it) and,
+    for an auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; the paper's
+    auto-encoder ties them to the encoder's [recalled], ours are untied)."""
+    from biocredit.nets import build_net
+
     n_units = fig_cfg.get("n_units", 100)
     side = int(math.ceil(math.sqrt(n_units)))
     panels = []
     for mname, d in run_dirs.items():
         net, run_cfg = _load_final_net(d)
-        panels.append((exp["methods"][mname].get("label", mname), net.W[0].detach()))
-    n_hidden, n_in = panels[0][1].shape
+        init = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"])).W[0].detach()
+        label = exp["methods"][mname].get("label", mname)
+        shown = [(f"{label}: encoder W₁", net.W[0].detach()),
+                 (f"{label}: encoder, change since initialisation", net.W[0].detach() - init)]
+        if net.n_layers == 2 and net.sizes[-1] == net.sizes[0]:  # an auto-encoder: its decoder's filters too
+            shown.append((f"{label}: decoder W₂ᵀ (columns of W₂)", net.W[1].detach().T))
+        panels.append(shown)
+    n_hidden, n_in = panels[0][0][1].shape
     img = int(math.isqrt(n_in))
     units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.8), squeeze=False)
-    for ax, (title, W) in zip(axes[0], panels, strict=True):
-        w = W[units]
-        w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-12)
-        _tile(ax, w, side, img)
-        ax.set_title(title, fontsize=8)
-    fig.suptitle(textwrap.fill(f"{exp['title']}: encoder filters of {n_units} random hidden units (seed "
+    n_rows = len(panels[0])
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(3.4 * len(panels), 3.6 * n_rows), squeeze=False)
+    for k, shown in enumerate(panels):
+        for ax, (t, M) in zip([axes[r][k] for r in range(n_rows)], shown, strict=True):
+            w = M[units]
+            w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-12)
+            _tile(ax, w, side, img)
+            ax.set_title(t, fontsize=8)
+    fig.suptitle(textwrap.fill(f"{exp['title']}: filters of {n_units} random hidden units (seed "
                                f"{run_cfg['seed']})", 90), fontsize=9)
     return save_figure(fig, out_stem, provenance)
