@@ -4,6 +4,7 @@ logic and its lint. One full run is shared by the module; the dry runs never cha
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -130,6 +131,24 @@ def test_workflow_draws_every_figure_and_writes_the_comparison(workflow: Workflo
         assert (tables / f"{name}_provenance.json").is_file()
     for name in workflow.config.get("analyses", {}):
         assert (table["experiment"] == name).any(), f"analysis {name} missing from the comparison"
+
+
+def test_workflow_draws_the_lee_cifar10_and_autoencoder_figures_and_probes_the_code(workflow: Workflow):
+    """Lee et al. 2015 §3.4-3.5: the CIFAR-10 curves, the auto-encoder's reconstructions and filters (drawn from
+    the runs' final weights) and the linear probe's test error in every auto-encoder run's summary."""
+    exps = workflow.config["experiments"]
+    if "lee_dtp_cifar10" not in exps or "lee_dtp_autoencoder" not in exps:
+        pytest.skip("CIFAR-10 or MNIST missing from the data mirror")
+    for stem in ("lee_dtp_cifar10_error", "lee_dtp_cifar10_angle_dW", "lee_dtp_autoencoder_reconstructions",
+                 "lee_dtp_autoencoder_features"):
+        png = workflow.results / "figures" / f"{stem}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", png
+    for method in exps["lee_dtp_autoencoder"]["methods"]:
+        summary = json.loads((workflow.results / "runs" / "lee_dtp_autoencoder" / method / "seed0" /
+                              "summary.json").read_text())
+        assert 0 <= summary["final"]["probe_test_error"] <= 100, summary["final"]
+    table = pd.read_csv(workflow.results / "tables" / "paper_comparison.csv")
+    assert (table["metric"] == "probe_test_error").any()
 
 
 def test_workflow_logs_every_run_and_the_aggregate_to_wandb_offline(workflow: Workflow):

@@ -117,8 +117,11 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]
     if "below" in claim:
         holds = all(means[a] < claim["below"] for a in lower)
     else:
-        holds = all(means[a] < means[b] for a in lower for b in higher)
+        margin = claim.get("margin", 0.0)  # 'comparable to': below the other's mean + margin
+        holds = all(means[a] < means[b] + margin for a in lower for b in higher)
     stat = "; ".join(f"{m} {means[m]:.4g}" for m in [*lower, *higher])
+    if claim.get("margin"):
+        stat += f" (margin {claim['margin']:g})"
     if claim.get("test"):
         from scipy import stats
 

@@ -111,7 +111,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from biocredit.aggregate import run_dir
-    from biocredit.figures import plot_curves, plot_receptive_fields
+    from biocredit.figures import plot_curves, plot_features, plot_receptive_fields, plot_reconstructions
 
     cfg = _load(args)
     exp = cfg["experiments"][args.experiment]
@@ -124,11 +124,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
         if args.figure and f["name"] != args.figure:
             continue
         stem = figs / f"{args.experiment}_{f['name']}"
-        if f["kind"] == "receptive_fields":
+        if f["kind"] in ("receptive_fields", "reconstructions", "features"):  # drawn from the runs' final weights
             first_seed = seeds(cfg, args.experiment)[0]
             dirs = {m: run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, first_seed)
                     for m in f.get("methods") or exp["methods"]}
-            paths = plot_receptive_fields(exp, f, dirs, stem, note)
+            if f["kind"] == "receptive_fields":
+                paths = plot_receptive_fields(exp, f, dirs, stem, note)
+            elif f["kind"] == "features":
+                paths = plot_features(exp, f, dirs, stem, note)
+            else:
+                paths = plot_reconstructions(exp, f, dirs, Path(cfg.get("data", {}).get("dir", "data")), stem, note)
         else:
             paths = plot_curves(stats, exp, f, stem, note)
         for p in paths:

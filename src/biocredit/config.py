@@ -75,6 +75,11 @@ def _check_sizes(exp: Mapping, where: str, sizes: list[int]) -> None:
             f"{where}.net.sizes: first size {sizes[0]} does not match {dataset} inputs "
             f"({INPUT_SIZE[dataset]}); set it to {INPUT_SIZE[dataset]}"
         )
+    if exp.get("target", "labels") == "input":  # an auto-encoder reconstructs its input
+        if sizes[-1] != INPUT_SIZE[dataset]:
+            raise ConfigError(f"{where}.net.sizes: an auto-encoder (target: input) needs a last size equal to "
+                              f"the {INPUT_SIZE[dataset]} inputs, not {sizes[-1]}")
+        return
     if sizes[-1] != N_CLASSES[dataset]:
         raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[dataset]} classes")
 
@@ -113,6 +118,10 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
             except (KeyError, TypeError, ValueError) as e:
                 why = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
                 raise ConfigError(f"{where}.methods.{mname}.params: {why}") from None
+        if "probe" in exp and exp["dataset"].startswith("synthetic_"):
+            raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
+        if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):
+            raise ConfigError(f"{where}.target: 'input' (an auto-encoder) needs an image dataset")
         for i, claim in enumerate(exp.get("claims", [])):
             for m in [*claim["lower"], *claim.get("higher", [])]:
                 if m not in exp["methods"]:
@@ -191,6 +200,8 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "preprocess": exp.get("preprocess", "unit_interval"),
         "task": exp.get("task"),
         "valid_size": exp.get("valid_size"),
+        **({"target": exp["target"]} if "target" in exp else {}),  # absent keys keep older runs' config hashes
+        **({"probe": exp["probe"]} if "probe" in exp else {}),
         "net": deep_merge(deep_merge(deep_merge({"bias": True, "init": {"distribution": "uniform", "scale": 0.05}},
                                                 exp["net"]), m.get("net", {})), net_at_scale),
         "loss": exp["loss"],

@@ -22,6 +22,7 @@ METRIC_LABELS = {
     "test_error": "Test error (%)", "train_error": "Train error (%)", "test_loss": "Test loss",
     "train_loss": "Train loss", "angle_dh_1": "Δh ∠ Δh_BP (°)", "angle_dW_1": "ΔW₁ ∠ ΔW₁,BP (°)",
     "angle_dh_pbp_1": "Δh ∠ Δh_PBP (°)", "valid_error": "Validation error (%)",
+    "probe_test_error": "Linear probe test error (%)",
     **{f"angle_dh_{i}": f"Δh{chr(0x2080 + i)} ∠ Δh{chr(0x2080 + i)},BP (°)" for i in range(2, 10)},
     **{f"angle_dW_{i}": f"ΔW{chr(0x2080 + i)} ∠ ΔW{chr(0x2080 + i)},BP (°)" for i in range(2, 10)},
 }
@@ -57,7 +58,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     x = fig_cfg.get("x", "epoch")
     methods = fig_cfg.get("methods") or list(exp["methods"])
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
-    regression = exp["dataset"].startswith("synthetic_")
+    regression = exp["dataset"].startswith("synthetic_") or exp.get("target") == "input"  # errors are NSEs
     for k, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
         log_y = fig_cfg.get("log_y") and not metric.startswith("angle_")  # log axes for errors, never angles
         for mname in methods:
@@ -149,4 +150,100 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
         ax.axis("off")
     fig.suptitle(f"{exp['title']}: receptive fields of {n_units} random hidden units (seed {first['seed']})",
                  fontsize=9)
+    return save_figure(fig, out_stem, provenance)
+
+
+def _load_final_net(run_dir: Path):
+    """(final net, resolved run config) from a run folder's ``checkpoint.pt``."""
+    from biocredit.nets import build_net
+
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    run_cfg = state["run_config"]
+    net = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"]))
+    net.load_state_dict(state["net"])
+    return net.eval(), run_cfg
+
+
+def _tile(ax, images: torch.Tensor, side: int, img: int, *, cmap: str = "gray", vmin: float = -3, vmax: float = 3) -> None:
+    """Draw ``images`` (k × img·img) as a side × side mosaic with one-pixel gaps."""
+    tiles = torch.full((side * (img + 1), side * (img + 1)), float("nan"))
+    for k, im in enumerate(images):
+        r, c = divmod(k, side)
+        tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = im.reshape(img, img)
+    ax.imshow(tiles.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.axis("off")
+
+
+def plot_reconstructions(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
+                         data_dir: Path, out_stem: Path, provenance: str = "") -> list[Path]:
+    """The first ``n_images`` test images (top row) and their reconstructions z = g(f(x)) by each method's
+    final auto-encoder (one row per method, clean inputs), Lee et al. 2015 §3.5. Each row's label carries the
+    method's reconstruction loss on these images (½‖z − x‖², mean over them)."""
+    from biocredit import data as datasets
+    from biocredit.train import preprocess, preprocess_stats
+
+    n = fig_cfg.get("n_images", 10)
+    rows: list[tuple[str, torch.Tensor]] = []
+    for mname, d in run_dirs.items():
+        net, run_cfg = _load_final_net(d)
+        if not rows:
+            images, _ = datasets.load_arrays(run_cfg["dataset"], data_dir, "test")
+            stats = None
+            if run_cfg["preprocess"] != "unit_interval":
+                train_images, _ = datasets.load_arrays(run_cfg["dataset"], data_dir, "train")
+                stats = preprocess_stats(train_images[: len(train_images) - (run_cfg.get("valid_size") or 0)],
+                                         run_cfg["preprocess"])
+            x = preprocess(images[:n], run_cfg["preprocess"], stats)
+            rows.append(("Original (test)", x))
+        with torch.no_grad():
+            z = net(x)
+        loss = float(0.5 * ((z - x) ** 2).sum(1).mean())
+        rows.append((f"{exp['methods'][mname].get('label', mname)}\n½‖z − x‖² = {loss:.2f}", z))
+    img = int(math.isqrt(x.shape[1]))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.0 * n + 1.6, 1.1 * len(rows) + 0.5), squeeze=False)
+    for r, (label, ims) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(ims[c].reshape(img, img).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(textwrap.fill(f"{exp['title']}: test images and their reconstructions", 90), fontsize=9)
+    return save_figure(fig, out_stem, provenance)
+
+
+def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
+                  out_stem: Path, provenance: str = "") -> list[Path]:
+    """The features (filters) an auto-encoder learned: the incoming weights W₁ of ``n_units`` random hidden
+    units (the same units in every panel, seed 0) as images, one column per method, per-unit contrast; below,
+    each method's change since its initialisation (rebuilt from the run's seed, as the trainer draws it) and,
+    for an auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; the paper's
+    auto-encoder ties them to the encoder's [recalled], ours are untied)."""
+    from biocredit.nets import build_net
+
+    n_units = fig_cfg.get("n_units", 100)
+    side = int(math.ceil(math.sqrt(n_units)))
+    panels = []
+    for mname, d in run_dirs.items():
+        net, run_cfg = _load_final_net(d)
+        init = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"])).W[0].detach()
+        label = exp["methods"][mname].get("label", mname)
+        shown = [(f"{label}: encoder W₁", net.W[0].detach()),
+                 (f"{label}: encoder, change since initialisation", net.W[0].detach() - init)]
+        if net.n_layers == 2 and net.sizes[-1] == net.sizes[0]:  # an auto-encoder: its decoder's filters too
+            shown.append((f"{label}: decoder W₂ᵀ (columns of W₂)", net.W[1].detach().T))
+        panels.append(shown)
+    n_hidden, n_in = panels[0][0][1].shape
+    img = int(math.isqrt(n_in))
+    units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
+    n_rows = len(panels[0])
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(3.4 * len(panels), 3.6 * n_rows), squeeze=False)
+    for k, shown in enumerate(panels):
+        for ax, (t, M) in zip([axes[r][k] for r in range(n_rows)], shown, strict=True):
+            w = M[units]
+            w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-12)
+            _tile(ax, w, side, img)
+            ax.set_title(t, fontsize=8)
+    fig.suptitle(textwrap.fill(f"{exp['title']}: filters of {n_units} random hidden units (seed "
+                               f"{run_cfg['seed']})", 90), fontsize=9)
     return save_figure(fig, out_stem, provenance)

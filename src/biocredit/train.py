@@ -50,6 +50,8 @@ class Task:
     x_valid: Tensor | None = None  # a held-out part of the training set (e.g. DTP's 50k/10k/10k split)
     t_valid: Tensor | None = None
     labels_valid: Tensor | None = None
+    classes_train: Tensor | None = None  # class labels whatever the loss target is (for a linear probe of
+    classes_test: Tensor | None = None  # an auto-encoder's code); equal to labels_* for classification
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
@@ -60,11 +62,36 @@ def resolve_device(setting: str = "auto") -> torch.device:
     return torch.device(setting)
 
 
-def preprocess(images: Any, how: str) -> Tensor:
+PREPROCESS = ("unit_interval", "standardize")
+STANDARDIZE_EPS = 1e-8
+
+
+def preprocess_stats(train_images: Any, how: str) -> tuple[Tensor, Tensor] | None:
+    """Statistics a preprocessing needs, computed on the TRAINING images only (never validation or test).
+
+    ``standardize``: the mean and sd of every input feature (pixel × channel) over the training images, after
+    scaling to [0, 1]. ``unit_interval`` needs none.
+    """
+    if how == "unit_interval":
+        return None
+    if how == "standardize":
+        x = torch.as_tensor(train_images).reshape(len(train_images), -1).double().div_(255.0)
+        return x.mean(0).float(), x.std(0).float()
+    raise ValueError(f"unknown preprocess {how!r}; choose one of {', '.join(PREPROCESS)}")
+
+
+def preprocess(images: Any, how: str, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Flatten and scale uint8 images: ``unit_interval`` = pixels / 255; ``standardize`` = (pixels / 255 − mean)
+    / sd per input feature, with ``stats`` from :func:`preprocess_stats` on the training images."""
     x = torch.as_tensor(images).reshape(len(images), -1).float().div_(255.0)
     if how == "unit_interval":
         return x
-    raise ValueError(f"unknown preprocess {how!r}")
+    if how == "standardize":
+        if stats is None:
+            raise ValueError("preprocess 'standardize' needs the training split's statistics (preprocess_stats)")
+        mean, sd = stats
+        return x.sub_(mean).div_(sd + STANDARDIZE_EPS)
+    raise ValueError(f"unknown preprocess {how!r}; choose one of {', '.join(PREPROCESS)}")
 
 
 SYNTHETIC_TASKS = {"synthetic_linear": "synthetic_linear_task", "synthetic_teacher": "synthetic_teacher_task"}
@@ -85,23 +112,29 @@ def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) 
         n_tr, n_te = run_cfg.get("train_subset"), run_cfg.get("test_subset")  # smoke scale: a prefix only
         return Task(t["x_train"][:n_tr].to(device), t["y_train"][:n_tr].to(device),
                     t["x_test"][:n_te].to(device), t["y_test"][:n_te].to(device))
+    reconstruct = run_cfg.get("target", "labels") == "input"  # an auto-encoder: the loss target is the input
     n_classes = run_cfg["net"]["sizes"][-1]
 
     def tensors(images: Any, labels: Any) -> tuple[Tensor, Tensor, Tensor]:
-        x = preprocess(images, run_cfg["preprocess"])
-        lab = torch.as_tensor(labels).long()
-        return x.to(device), torch.nn.functional.one_hot(lab, n_classes).float().to(device), lab.to(device)
+        x = preprocess(images, run_cfg["preprocess"], stats).to(device)
+        lab = torch.as_tensor(labels).long().to(device)
+        return x, x if reconstruct else torch.nn.functional.one_hot(lab, n_classes).float(), lab
 
     images, labels = datasets.load_arrays(name, Path(data_dir), "train")
     n_valid = run_cfg.get("valid_size") or 0  # the LAST n_valid training examples are held out
     n_fit = len(labels) - n_valid
     n_train = min(run_cfg.get("train_subset") or n_fit, n_fit)
+    # Preprocessing statistics from the training part only (all n_fit examples, so a smoke-scale subset is
+    # preprocessed exactly as the full run; the held-out validation and the test images never enter them).
+    stats = preprocess_stats(images[:n_fit], run_cfg["preprocess"])
     xtr, ttr, ltr = tensors(images[:n_train], labels[:n_train])
     valid = tensors(images[n_fit:], labels[n_fit:]) if n_valid else (None, None, None)
     images, labels = datasets.load_arrays(name, Path(data_dir), "test")
     n_test = run_cfg.get("test_subset") or len(labels)
     xte, tte, lte = tensors(images[:n_test], labels[:n_test])
-    return Task(xtr, ttr, xte, tte, ltr, lte, *valid)
+    if reconstruct:  # the loss has no classes: errors are reconstruction NSEs; classes kept for the probe
+        return Task(xtr, ttr, xte, tte, None, None, valid[0], valid[1], None, classes_train=ltr, classes_test=lte)
+    return Task(xtr, ttr, xte, tte, ltr, lte, *valid, classes_train=ltr, classes_test=lte)
 
 
 def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -311,6 +344,7 @@ def train(
         record(eval_row(0, {}))
     status, diverged_at = "completed", None
     decay = (1.0 - tc["weight_decay"]) ** bs if tc["weight_decay_mode"] == "decoupled" else None
+    input_noise = float(tc.get("input_noise") or 0.0)  # sd of Gaussian noise added to each training input
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             t0 = time.time()
@@ -330,6 +364,8 @@ def train(
             for k, s in enumerate(range(0, n, bs)):
                 idx = perm[s : s + bs]
                 x, t = task.x_train[idx], task.t_train[idx]
+                if input_noise:  # a denoising objective: corrupt the input, keep the target (Lee et al. 2015 §3.5)
+                    x = x + input_noise * torch.randn(x.shape, generator=generator).to(dev, x.dtype)
                 net.zero_grad(set_to_none=True)
                 step = rule.compute_grads(net, x, t)
                 if rule.compare_to_backprop and k % tc["angle_every"] == 0:
@@ -364,6 +400,21 @@ def train(
         tracker.finish(exit_code=1)
         raise
 
+    probe_cfg = run_cfg.get("probe")
+    if probe_cfg and status == "completed" and "probe_test_error" not in rows[-1]:
+        # A post-training evaluation of the frozen net (e.g. a linear classifier on an auto-encoder's code);
+        # its numbers join the last row, so metrics.csv, summary.json and the tables carry them.
+        from biocredit.probe import run_probe
+
+        t0 = time.time()
+        probe_gen = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)  # its own stream: same on resume
+        result = run_probe(net, task, probe_cfg, probe_gen)
+        rows[-1] = {**rows[-1], **result, "probe_seconds": time.time() - t0}
+        _write_csv(out_dir / "metrics.csv", rows)
+        tracker.log({k: v for k, v in rows[-1].items() if k.startswith("probe_") or k == "epoch"})
+        _log(f"{tag} probe ({probe_cfg['kind']} on layer {probe_cfg.get('layer', 1)}): "
+             f"test error {result['probe_test_error']:.4g} %")
+
     last = rows[-1]
     finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
     summary = {
@@ -379,7 +430,8 @@ def train(
     }
     checkpoint(last["epoch"], status)
     tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
-                     "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"]})
+                     "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"],
+                     **{k: v for k, v in last.items() if k.startswith("probe_")}})
     tracker.finish(exit_code=0)
     _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
     return summary
