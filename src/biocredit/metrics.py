@@ -79,7 +79,12 @@ def normalised_squared_error(y: Tensor, target: Tensor) -> float:
     return float(nse_tensor(y, target))
 
 
-def nse_tensor(y: Tensor, target: Tensor) -> Tensor:
-    """:func:`normalised_squared_error` over the last two dims (examples × outputs); leading dims are nets."""
-    dims = (-2, -1)
-    return ((target - y) ** 2).sum(dims) / ((target - target.mean(-2, keepdim=True)) ** 2).sum(dims)
+def nse_tensor(y: Tensor, target: Tensor, spread: Tensor | None = None) -> Tensor:
+    """:func:`normalised_squared_error` over the last two dims (examples × outputs); leading dims are nets.
+    ``spread``: :func:`target_spread` of ``target`` if already known."""
+    return ((target - y) ** 2).sum((-2, -1)) / (target_spread(target) if spread is None else spread)
+
+
+def target_spread(target: Tensor) -> Tensor:
+    """Σ‖y* − mean(y*)‖² over the last two dims (examples × outputs): the NSE's denominator."""
+    return ((target - target.mean(-2, keepdim=True)) ** 2).sum((-2, -1))

@@ -27,8 +27,8 @@ from torch import Tensor
 from biocredit import data as datasets
 from biocredit import optim
 from biocredit.config import config_hash
-from biocredit.losses import loss_value
-from biocredit.metrics import classification_error, normalised_squared_error, update_angles
+from biocredit.losses import loss_value, squared_errors
+from biocredit.metrics import classification_error, normalised_squared_error, target_spread, update_angles
 from biocredit.nets import MLP, build_net
 from biocredit.rules import RULES
 from biocredit.tracking import WandbRun, resolve_mode
@@ -116,6 +116,8 @@ def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimi
 @torch.no_grad()
 def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str) -> dict[str, float]:
     """Mean per-example loss and error (% misclassified, or NSE for regression) on a whole set."""
+    if labels is None and loss == "squared_error":
+        return evaluate_regression(net, x, t)[0]
     total, outputs = 0.0, []
     for s in range(0, len(x), EVAL_CHUNK):
         fwd = net.forward_all(x[s : s + EVAL_CHUNK])
@@ -124,6 +126,24 @@ def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str) -
     y = torch.cat(outputs)
     err = classification_error(y, labels) if labels is not None else normalised_squared_error(y, t)
     return {"loss": total / len(x), "error": err}
+
+
+@torch.no_grad()
+def evaluate_regression(net: MLP, x: Tensor, t: Tensor, spread: Tensor | None = None) -> list[dict[str, float]]:
+    """Mean per-example squared-error loss and NSE on a whole set, for one net (x: N × in) or for each net of a
+    stacked ensemble (x: S × N × in); ``spread``: the NSE's denominator if known (:func:`metrics.target_spread`).
+    The squared errors are computed once for both (the same arithmetic as ``loss_value`` and the NSE)."""
+    n = x.shape[-2]
+    totals: list[float] | None = None
+    terms = []
+    for s in range(0, n, EVAL_CHUNK):
+        sq = squared_errors(t[..., s : s + EVAL_CHUNK, :], net.forward_all(x[..., s : s + EVAL_CHUNK, :]).h[-1])
+        values = (0.5 * sq.sum(dim=-1)).sum(dim=-1).reshape(-1).tolist()  # loss_value(..., "sum") per net
+        totals = values if totals is None else [a + b for a, b in zip(totals, values, strict=True)]
+        terms.append(sq)
+    sq = terms[0] if len(terms) == 1 else torch.cat(terms, dim=-2)
+    err = (sq.sum((-2, -1)) / (target_spread(t) if spread is None else spread)).reshape(-1).tolist()
+    return [{"loss": total / n, "error": e} for total, e in zip(totals or [], err, strict=True)]
 
 
 def git_commit() -> str:
