@@ -117,6 +117,14 @@ def to_markdown(rows: list[dict], n_seeds: int, machine: str, command: str) -> s
                      f"| {j['ratio']:.2f} ({j['ratio_min']:.2f}–{j['ratio_max']:.2f}) | {t['seed1_seconds']:.1f} "
                      f"| {t[f'seeds{n_seeds}_seconds']:.1f} | {t['ratio']:.2f} ({t['ratio_min']:.2f}–{t['ratio_max']:.2f}) "
                      f"| {r['repeats']} |")
+    lines += ["", f"{n_seeds} separate one-seed jobs cost {n_seeds}× one job, so the ensemble is {n_seeds}/ratio times "
+              "faster than them: " + ", ".join(f"{r['cell']} {n_seeds / r['job']['ratio']:.0f}× (job), "
+                                               f"{n_seeds / r['train']['ratio']:.0f}× (train)" for r in rows) + ". "
+              "A step of 20 stacked seeds is dispatched once, as one seed's is; what grows with the seeds is the "
+              "arithmetic, above all the evaluation (the linear task's rows every 100 examples evaluate all 11,000 examples of every "
+              "seed: 20× the arithmetic of one seed) and node perturbation's noise (one generator call per seed, "
+              "layer and step), hence the train-only ratios near 2 there. A job's fixed "
+              "start-up (interpreter, torch, W&B) is paid once either way."]
     return "\n".join(lines) + "\n"
 
 
