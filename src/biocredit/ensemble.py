@@ -9,8 +9,11 @@ seed's own generator. What differs from :func:`biocredit.train.train` is only th
 W&B run, divergence state and run folder per seed.
 
 Every seed ends with the same ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` and W&B run as a separate
-run of that seed (the numbers are bitwise equal on the CPU; tests/test_ensemble.py checks it), plus
-``ensemble_size`` in its provenance. While the ensemble trains, its state is checkpointed after every epoch
+run of that seed (the numbers are bitwise equal on the CPU for every synthetic cell of config.yaml;
+tests/test_ensemble.py checks them), plus ``ensemble_size`` in its provenance. Bitwise equality rests on
+:func:`biocredit.nets.mm` and on the BLAS computing each slice of a batched product as it computes one
+matrix; for a few shapes MKL's batched product rounds differently (seen: a (1×20)·(20×30) product, which
+these nets never form), and there the seeds would agree to float rounding only. While the ensemble trains, its state is checkpointed after every epoch
 in one file next to the seed folders (``checkpoint-seeds<a>-<b>.pt``); a killed job resumes from it.
 
 A rule without a stacked form (e.g. DTP) or a non-synthetic dataset falls back to one run per seed.
