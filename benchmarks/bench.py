@@ -10,6 +10,7 @@ same net measured in the same process, interleaved. Angle measurements and evalu
 
     python benchmarks/bench.py [--experiments a,b] [--steps 200] [--repeats 5] [--device cpu|cuda]
     python benchmarks/bench.py --write   # also writes benchmarks/results.{md,json}
+    python benchmarks/bench.py --ensembles [--write]   # 20 seeds as one ensemble vs one seed (benchmarks/ensemble.py)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from biocredit.train import make_optimizer, resolve_device
 
 HERE = Path(__file__).resolve().parent
 N_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+ENSEMBLE_SECTION = "## Seed ensembles (issue #6)"  # written by benchmarks/ensemble.py, kept by --write
 
 
 def make_rule(run_cfg: dict, device: torch.device):
@@ -119,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="write benchmarks/results.{md,json}")
+    ap.add_argument("--ensembles", action="store_true",
+                    help="measure seeds20_over_seed1 instead (benchmarks/ensemble.py: 20 seeds as one ensemble vs one)")
     args = ap.parse_args(argv)
+    if args.ensembles:
+        sys.path.insert(0, str(HERE))
+        import ensemble
+
+        return ensemble.main(["--repeats", str(min(args.repeats, 3))] + (["--write"] if args.write else []))
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -132,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     md = to_markdown(rows, machine) + f"\nPeak RSS of this benchmark process: {peak_rss_mb:.0f} MB\n"
     print(md)
     if args.write:
+        old_md = (HERE / "results.md").read_text() if (HERE / "results.md").exists() else ""
+        kept = old_md[old_md.index(ENSEMBLE_SECTION):] if ENSEMBLE_SECTION in old_md else ""  # ensemble.py's part
         (HERE / "results.md").write_text("# Rule speed vs backprop\n\nCommand: `python benchmarks/bench.py "
-                                         + " ".join(sys.argv[1:]) + "`\n\n" + md)
+                                         + " ".join(sys.argv[1:]) + "`\n\n" + md + ("\n" + kept if kept else ""))
         fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
         dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
         old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}

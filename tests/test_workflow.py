@@ -24,6 +24,7 @@ from biocredit.tracking import find_offline_runs, read_offline_run
 pytestmark = pytest.mark.slow
 
 SMOKE = {"epochs": 2, "seeds": 1, "train_subset": 300, "test_subset": 200}
+ENSEMBLE_SEEDS = 2  # synthetic experiments with train.ensemble_seeds: two seeds, so that they train as ensembles
 
 
 @dataclass
@@ -68,7 +69,8 @@ def tiny_config(root: Path) -> dict:
         if keep:  # a sweep's other members are the same jobs again: leave them out to stay fast
             exp["methods"] = {m: spec for m, spec in exp["methods"].items() if m in keep}
         smoke = exp["scales"]["smoke"]
-        smoke.update(epochs=min(smoke["epochs"], SMOKE["epochs"]), seeds=SMOKE["seeds"])
+        smoke.update(epochs=min(smoke["epochs"], SMOKE["epochs"]),
+                     seeds=ENSEMBLE_SEEDS if exp.get("train", {}).get("ensemble_seeds") else SMOKE["seeds"])
         if folder is not None:  # image datasets: a few hundred examples
             smoke.update(train_subset=SMOKE["train_subset"], test_subset=SMOKE["test_subset"])
         task = exp.get("task", {})  # synthetic tasks: as few examples
@@ -149,6 +151,24 @@ def test_workflow_draws_the_lee_cifar10_and_autoencoder_figures_and_probes_the_c
         assert 0 <= summary["final"]["probe_test_error"] <= 100, summary["final"]
     table = pd.read_csv(workflow.results / "tables" / "paper_comparison.csv")
     assert (table["metric"] == "probe_test_error").any()
+
+
+def test_synthetic_cells_train_as_one_ensemble_job_each_and_the_switch_turns_it_off(workflow: Workflow):
+    cells = [(name, m) for name, exp in workflow.config["experiments"].items()
+             if exp.get("train", {}).get("ensemble_seeds") for m in exp["methods"]]
+    assert cells, "config.yaml marks no experiment for ensembles"
+    for name, method in cells:
+        assert (workflow.results / "logs" / "train" / name / method / f"seeds0-{ENSEMBLE_SEEDS - 1}.log").is_file()
+        for seed in range(ENSEMBLE_SEEDS):
+            summary = yaml.safe_load((workflow.results / "runs" / name / method / f"seed{seed}" / "summary.json").read_text())
+            assert summary["seed"] == seed and summary["provenance"]["ensemble_size"] == ENSEMBLE_SEEDS
+    proc = workflow.snakemake("-n", "--forceall", "--config", "ensembles=false")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert not any(rule.startswith("train_ensemble") for rule in counts), counts
+    n_runs = sum(len(e["methods"]) * e["scales"]["smoke"]["seeds"] for e in workflow.config["experiments"].values())
+    assert counts["train"] == n_runs
 
 
 def test_workflow_logs_every_run_and_the_aggregate_to_wandb_offline(workflow: Workflow):

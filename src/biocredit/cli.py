@@ -74,14 +74,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     from biocredit.train import train
 
     cfg = _load(args)
-    run_cfg = resolve_run(cfg, args.experiment, args.method, args.seed)
-    out = Path(args.out) if args.out else run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment,
-                                                   args.method, args.seed)
     wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
-    summary = train(run_cfg, out, cfg.get("data", {}).get("dir", "data"), device=cfg.get("device", "auto"),
-                    wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb", threads=cfg.get("threads"))
-    print(json.dumps({k: summary[k] for k in ("experiment", "method", "seed", "status", "best_test_error")}))
+    kw = dict(device=cfg.get("device", "auto"), wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb",
+              threads=cfg.get("threads"))
+    data_dir = cfg.get("data", {}).get("dir", "data")
+    if args.seeds is not None:  # several seeds in this one process: a stacked ensemble where the rule allows
+        from biocredit.ensemble import train_seeds
+
+        if args.out:
+            raise ConfigError("--out goes with --seed only; --seeds writes each seed's default run folder")
+        run_cfgs = [resolve_run(cfg, args.experiment, args.method, s) for s in args.seeds]
+        outs = [run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, args.method, s) for s in args.seeds]
+        summaries = train_seeds(run_cfgs, outs, data_dir, ensemble=cfg.get("ensembles", True), **kw)
+    else:
+        run_cfg = resolve_run(cfg, args.experiment, args.method, args.seed)
+        out = Path(args.out) if args.out else run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment,
+                                                       args.method, args.seed)
+        summaries = [train(run_cfg, out, data_dir, **kw)]
+    for summary in summaries:
+        print(json.dumps({k: summary[k] for k in ("experiment", "method", "seed", "status", "best_test_error")}))
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    """``0-19`` or ``0,3,5`` (or both, e.g. ``0-4,9``) as a sorted list of distinct seeds."""
+    seeds: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seeds like 0-19 or 0,3,5") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: no seeds")
+    return sorted(seeds)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -227,11 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("dataset", choices=["mnist", "fashion_mnist", "cifar10"])
     p.set_defaults(func=cmd_prepare_data)
-    p = sub.add_parser("train", help="train one experiment × method × seed")
+    p = sub.add_parser("train", help="train one experiment × method × seed (or several seeds at once)")
     _common(p)
     p.add_argument("--experiment", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seed", type=int)
+    which.add_argument("--seeds", type=_seed_list, metavar="A-B|A,B,...",
+                       help="train these seeds in one process, as one stacked ensemble where the rule and task "
+                            "allow (synthetic tasks), else one after another; e.g. --seeds 0-19")
     p.add_argument("--out", help="run folder (default: <results_dir>/<scale>/runs/<experiment>/<method>/seed<N>)")
     p.set_defaults(func=cmd_train)
     for name, func, helptext in (("aggregate", cmd_aggregate, "collect one experiment's runs into tables"),

@@ -191,6 +191,7 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
     train = deep_merge(deep_merge(TRAIN_DEFAULTS, exp["train"]), m.get("train", {}))
     scale_settings = dict(exp["scales"][scale])
     net_at_scale = {"test_passes": scale_settings.pop("test_passes")} if "test_passes" in scale_settings else {}
+    train.pop("ensemble_seeds", None)  # how seeds are scheduled, not what they compute: kept out of the hash
     return {
         "experiment": experiment,
         "method": method,
@@ -210,6 +211,21 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "params": RULES[m["rule"]].resolve_params(m.get("params", {})),
         **scale_settings,
     }
+
+
+def ensemble_seeds(cfg: Mapping, experiment: str, method: str) -> bool:
+    """True if the seeds of this cell train together in one job (:mod:`biocredit.ensemble`): the top-level
+    ``ensembles`` switch is on (default), ``train.ensemble_seeds`` is set (experiment or method) and the rule
+    and task have a stacked form. Otherwise every seed is a job of its own."""
+    if not cfg.get("ensembles", True):
+        return False
+    exp = cfg["experiments"][experiment]
+    m = exp["methods"][method]
+    if not {**exp.get("train", {}), **m.get("train", {})}.get("ensemble_seeds", False):
+        return False
+    from biocredit.ensemble import why_not_ensemble
+
+    return why_not_ensemble(resolve_run(cfg, experiment, method, 0)) is None
 
 
 def config_hash(run_cfg: Mapping) -> str:

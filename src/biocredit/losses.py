@@ -19,15 +19,20 @@ def _reduce(per_example: Tensor, reduction: str) -> Tensor:
     """'sum' or 'mean' over the minibatch; 'none' keeps one loss per example."""
     if reduction == "none":
         return per_example
-    return per_example.sum() if reduction == "sum" else per_example.mean()
+    return per_example.sum(dim=-1) if reduction == "sum" else per_example.mean(dim=-1)
+
+
+def squared_errors(target: Tensor, y: Tensor) -> Tensor:
+    """(y* − y)², element by element: the terms of the squared-error loss and of the NSE."""
+    return (target - y) ** 2
 
 
 def loss_value(name: str, fwd_a_L: Tensor, y: Tensor, target: Tensor, reduction: str) -> Tensor:
     """The minibatch loss from the output pre-activation a_L and output y = f(a_L)."""
     if name == "squared_error":
-        return _reduce(0.5 * ((target - y) ** 2).sum(dim=1), reduction)
+        return _reduce(0.5 * squared_errors(target, y).sum(dim=-1), reduction)
     if name == "cross_entropy":  # target is one-hot; computed from a_L for stability
-        return _reduce(-(target * F.log_softmax(fwd_a_L, dim=1)).sum(dim=1), reduction)
+        return _reduce(-(target * F.log_softmax(fwd_a_L, dim=-1)).sum(dim=-1), reduction)
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -40,7 +45,7 @@ def output_delta(name: str, output_activation: str, fwd: Forward, target: Tensor
     elif name == "cross_entropy":
         if output_activation != "softmax":
             raise ValueError("cross_entropy needs output_activation: softmax")
-        delta = torch.softmax(a_L, dim=1) - target
+        delta = torch.softmax(a_L, dim=-1) - target
     else:
         raise ValueError(f"unknown loss {name!r}")
-    return delta / target.shape[0] if reduction == "mean" else delta
+    return delta / target.shape[-2] if reduction == "mean" else delta

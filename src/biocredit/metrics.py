@@ -7,24 +7,29 @@ import math
 import torch
 from torch import Tensor
 
-from biocredit.nets import MLP
+from biocredit.nets import MLP, mm
 from biocredit.rules.backprop import backprop_explicit
 from biocredit.rules.base import StepResult
 
 
 def angle_deg(a: Tensor, b: Tensor) -> float:
     """θ = arccos(aᵀb / (‖a‖‖b‖)) in degrees, over all elements; NaN if either vector is zero."""
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    na, nb = a.norm(), b.norm()
-    if na == 0 or nb == 0:
-        return math.nan
-    return math.degrees(math.acos(float((a @ b / (na * nb)).clamp(-1.0, 1.0))))
+    return float(flat_angle_deg(a.reshape(-1), b.reshape(-1)))
+
+
+def flat_angle_deg(a: Tensor, b: Tensor) -> Tensor:
+    """The angle between vectors along the last dimension (any leading dims), in degrees; NaN where one is zero."""
+    a, b = a.double(), b.double()
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    cos = (a * b).sum(dim=-1) / (na * nb)
+    angle = torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+    return torch.where((na == 0) | (nb == 0), torch.full_like(angle, math.nan), angle)
 
 
 def rowwise_angle_deg(a: Tensor, b: Tensor) -> Tensor:
     """The angle between matching rows (one per example), in degrees; NaN where a row is zero."""
     a, b = a.double(), b.double()
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
@@ -40,20 +45,27 @@ def update_angles(
     Δh_PBP = W⁺e (Lillicrap preprint Fig. 4; e generalised to −δ_L, the output error signal).
     Layers a rule does not train or send a signal to are left out.
     """
+    return {k: float(v) for k, v in update_angle_tensors(net, x, target, step, loss, reduction, pbp).items()}
+
+
+def update_angle_tensors(
+    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False
+) -> dict[str, Tensor]:
+    """:func:`update_angles` as tensors: 0-d for one net, shape (S,) for a stacked ensemble of S nets."""
     bp_grads, bp_dh, delta_L = backprop_explicit(net, x, target, loss, reduction)
     bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads, strict=False))
-    out: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}
         if step.delta_h[i] is not None:
-            out[f"angle_dh_{i}"] = float(torch.nanmean(rowwise_angle_deg(step.delta_h[i], bp_dh[i])))
+            out[f"angle_dh_{i}"] = torch.nanmean(rowwise_angle_deg(step.delta_h[i], bp_dh[i]), dim=-1)
         W = net.W[i - 1]
         if W.grad is not None:
-            out[f"angle_dW_{i}"] = angle_deg(W.grad, bp_by_param[id(W)])
+            out[f"angle_dW_{i}"] = flat_angle_deg(W.grad.flatten(-2), bp_by_param[id(W)].flatten(-2))
     top = net.n_layers - 1
     if pbp and top >= 1 and step.delta_h[top] is not None:
         with torch.no_grad():
-            dh_pbp = -delta_L @ torch.linalg.pinv(net.W[-1]).T  # rows: W⁺e per example (e = −δ_L)
-        out[f"angle_dh_pbp_{top}"] = float(torch.nanmean(rowwise_angle_deg(step.delta_h[top], dh_pbp)))
+            dh_pbp = mm(-delta_L, torch.linalg.pinv(net.W[-1]).mT)  # rows: W⁺e per example (e = −δ_L)
+        out[f"angle_dh_pbp_{top}"] = torch.nanmean(rowwise_angle_deg(step.delta_h[top], dh_pbp), dim=-1)
     return out
 
 
@@ -64,4 +76,15 @@ def classification_error(y: Tensor, labels: Tensor) -> float:
 
 def normalised_squared_error(y: Tensor, target: Tensor) -> float:
     """NSE = Σ‖y* − y‖² / Σ‖y* − mean(y*)‖² (1 = predicting the mean, 0 = perfect)."""
-    return float(((target - y) ** 2).sum() / ((target - target.mean(0)) ** 2).sum())
+    return float(nse_tensor(y, target))
+
+
+def nse_tensor(y: Tensor, target: Tensor, spread: Tensor | None = None) -> Tensor:
+    """:func:`normalised_squared_error` over the last two dims (examples × outputs); leading dims are nets.
+    ``spread``: :func:`target_spread` of ``target`` if already known."""
+    return ((target - y) ** 2).sum((-2, -1)) / (target_spread(target) if spread is None else spread)
+
+
+def target_spread(target: Tensor) -> Tensor:
+    """Σ‖y* − mean(y*)‖² over the last two dims (examples × outputs): the NSE's denominator."""
+    return ((target - target.mean(-2, keepdim=True)) ** 2).sum((-2, -1))

@@ -23,10 +23,14 @@ sample w.r.t. its probability, almost everywhere) or ``straight_through`` (∂s_
 ∂L/∂a_i = ∂L/∂s_i ⊙ f_i'(a_i): for sigmoid units the straight-through variant that keeps the sigmoid's
 derivative, Bengio, Léonard & Courville 2013, arXiv 1308.3432; sto_bp_ge.py). Every random draw comes from an
 explicit ``torch.Generator`` (the run's, or the one an evaluation passes in), never the global RNG.
+
+Every operation works on the last two dimensions only, so an ensemble of S nets (:meth:`MLP.stack`: weights
+(S, out, in), biases (S, out), batches (S, B, n)) runs through the same code as one net.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +108,20 @@ def init_tensor(shape: tuple[int, ...], init: dict, generator: torch.Generator) 
     raise ValueError(f"unknown init distribution {dist!r}")
 
 
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` over the last two dims, by the same kernel for one net (2-D operands) and for a stacked
+    ensemble (3-D), so that a seed's numbers do not depend on whether it trains alone or with others.
+
+    PyTorch's CPU ``bmm`` computes small products (rows × cols × inner < 400) with its own loop and larger
+    ones slice by slice with the BLAS ``mm``; a 2-D ``@`` always calls the BLAS, whose result for a small
+    transposed operand differs in the last bit. Sending 2-D products through ``bmm`` too keeps the two bitwise
+    equal (large products, e.g. every MNIST layer, take the same BLAS call as before).
+    """
+    if a.dim() == 2 and b.dim() == 2:
+        return torch.bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)
+    return a @ b
+
+
 @dataclass
 class Forward:
     """What one minibatch produced: pre-activations a[i] (i = 1..L, a[0] unused), activations h[0..L] and the
@@ -172,9 +190,9 @@ class MLP(nn.Module):
 
     def layer(self, i: int, h_prev: Tensor) -> tuple[Tensor, Tensor]:
         """Layer i (1-based, as in the papers): returns (a_i, h_i)."""
-        a = h_prev @ self.W[i - 1].T
+        a = mm(h_prev, self.W[i - 1].mT)
         if self.b is not None:
-            a = a + self.b[i - 1]
+            a = a + self.b[i - 1].unsqueeze(-2)
         return a, activation(self.activations[i - 1], a)
 
     # --- transmission --------------------------------------------------------------------------
@@ -267,6 +285,16 @@ class MLP(nn.Module):
 
     def weight_and_bias(self, i: int) -> list[nn.Parameter]:
         return [self.W[i - 1]] + ([self.b[i - 1]] if self.b is not None else [])
+
+    @classmethod
+    def stack(cls, nets: list[MLP]) -> MLP:
+        """One net holding S same-shaped nets: W_i of shape (S, out, in), b_i (S, out); inputs (S, batch, in)."""
+        out = copy.deepcopy(nets[0])
+        with torch.no_grad():
+            out.W = nn.ParameterList(nn.Parameter(torch.stack([n.W[i] for n in nets])) for i in range(len(out.W)))
+            if out.b is not None:
+                out.b = nn.ParameterList(nn.Parameter(torch.stack([n.b[i] for n in nets])) for i in range(len(out.b)))
+        return out
 
 
 def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:

@@ -27,8 +27,8 @@ from torch import Tensor
 from biocredit import data as datasets
 from biocredit import optim
 from biocredit.config import config_hash
-from biocredit.losses import loss_value
-from biocredit.metrics import classification_error, normalised_squared_error, update_angles
+from biocredit.losses import loss_value, squared_errors
+from biocredit.metrics import classification_error, normalised_squared_error, target_spread, update_angles
 from biocredit.nets import MLP, build_net
 from biocredit.rules import RULES
 from biocredit.tracking import WandbRun, resolve_mode
@@ -154,6 +154,8 @@ def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str,
     The net is put in evaluation mode (its test-time transmission, no input noise) and its output may be the
     mean of several stochastic passes (:meth:`MLP.predict`); random draws come from ``generator``.
     """
+    if labels is None and loss == "squared_error" and not net.transmits:
+        return evaluate_regression(net, x, t)[0]
     total, outputs = 0.0, []
     net.eval()
     try:
@@ -166,6 +168,24 @@ def evaluate(net: MLP, x: Tensor, t: Tensor, labels: Tensor | None, loss: str,
     y = torch.cat(outputs)
     err = classification_error(y, labels) if labels is not None else normalised_squared_error(y, t)
     return {"loss": total / len(x), "error": err}
+
+
+@torch.no_grad()
+def evaluate_regression(net: MLP, x: Tensor, t: Tensor, spread: Tensor | None = None) -> list[dict[str, float]]:
+    """Mean per-example squared-error loss and NSE on a whole set, for one net (x: N × in) or for each net of a
+    stacked ensemble (x: S × N × in); ``spread``: the NSE's denominator if known (:func:`metrics.target_spread`).
+    The squared errors are computed once for both (the same arithmetic as ``loss_value`` and the NSE)."""
+    n = x.shape[-2]
+    totals: list[float] | None = None
+    terms = []
+    for s in range(0, n, EVAL_CHUNK):
+        sq = squared_errors(t[..., s : s + EVAL_CHUNK, :], net.forward_all(x[..., s : s + EVAL_CHUNK, :]).h[-1])
+        values = (0.5 * sq.sum(dim=-1)).sum(dim=-1).reshape(-1).tolist()  # loss_value(..., "sum") per net
+        totals = values if totals is None else [a + b for a, b in zip(totals, values, strict=True)]
+        terms.append(sq)
+    sq = terms[0] if len(terms) == 1 else torch.cat(terms, dim=-2)
+    err = (sq.sum((-2, -1)) / (target_spread(t) if spread is None else spread)).reshape(-1).tolist()
+    return [{"loss": total / n, "error": e} for total, e in zip(totals or [], err, strict=True)]
 
 
 def git_commit() -> str:
@@ -217,6 +237,99 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def run_provenance(run_cfg: Mapping[str, Any], chash: str, dev: torch.device, n_train: int, n_test: int) -> dict:
+    """What a run's numbers come from (written into summary.json and the W&B config)."""
+    return {
+        "config_hash": chash,
+        "git_commit": git_commit(),
+        "seed": run_cfg["seed"],
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "threads": torch.get_num_threads(),
+        "n_train": n_train,
+        "n_test": n_test,
+    }
+
+
+def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wandb_cfg: Mapping[str, Any] | None,
+                 wandb_dir: Path, old_wandb_dir: str | None, rows: list[dict[str, Any]]) -> WandbRun:
+    """The run's W&B run; on resume it replaces the interrupted one and replays the rows logged so far."""
+    wandb_cfg = dict(wandb_cfg or {})
+    tracker = WandbRun(
+        wandb_dir=wandb_dir,
+        project=wandb_cfg.get("project", "biocredit"),
+        entity=wandb_cfg.get("entity"),
+        mode=resolve_mode(wandb_cfg.get("mode")),
+        name=f"{run_cfg['experiment']}-{run_cfg['method']}-seed{run_cfg['seed']}",
+        group=run_cfg["experiment"],
+        job_type=run_cfg["method"],
+        config={**run_cfg, "provenance": provenance},
+        tags=[run_cfg["scale"], run_cfg["rule"]],
+        step_metric="examples_seen" if run_cfg["train"].get("eval_every_examples") else "epoch",
+        summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
+    )
+    if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
+        # the interrupted W&B run is replaced by this one, which replays its rows
+        shutil.rmtree(old_wandb_dir, ignore_errors=True)
+    for r in rows:
+        tracker.log(r)
+    return tracker
+
+
+def metrics_row(examples_seen: int, n: int, tr: Mapping[str, float], te: Mapping[str, float],
+                va: Mapping[str, float] | None, extra: Mapping[str, float], eval_seconds: float) -> dict[str, Any]:
+    """One metrics.csv row from the train/test(/valid) evaluations after ``examples_seen`` examples."""
+    epoch = examples_seen // n if examples_seen % n == 0 else round(examples_seen / n, 6)
+    valid = {"valid_loss": va["loss"], "valid_error": va["error"]} if va is not None else {}
+    return {"epoch": epoch, "examples_seen": examples_seen,
+            "train_loss": tr["loss"], "train_error": tr["error"], **valid, "test_loss": te["loss"],
+            "test_error": te["error"], **extra, "eval_seconds": eval_seconds}
+
+
+def diverged_row(epoch: int, n: int, train_seconds: float) -> dict[str, Any]:
+    return {"epoch": epoch, "examples_seen": epoch * n, "train_loss": math.nan, "train_error": math.nan,
+            "test_loss": math.nan, "test_error": math.nan, "epoch_seconds": train_seconds}
+
+
+def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
+    """Mean (and sd, as Lillicrap's error bars) of the angles measured since the last row; empties the window."""
+    out = {}
+    for key, v in angle_sums.items():
+        v_t = torch.tensor(v, dtype=torch.float64)
+        out[key] = float(v_t.nanmean())
+        if len(v) > 1:
+            out[f"{key}_sd"] = float(v_t[~v_t.isnan()].std()) if (~v_t.isnan()).sum() > 1 else math.nan
+    angle_sums.clear()
+    return out
+
+
+def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, Any]], status: str,
+               diverged_at: int | None, wall_seconds: float, provenance: Mapping[str, Any],
+               tracker: WandbRun) -> dict[str, Any]:
+    """Write the run's summary.json and close its W&B run (after its final checkpoint is on disk)."""
+    last = rows[-1]
+    finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
+    summary = {
+        "experiment": run_cfg["experiment"], "method": run_cfg["method"], "rule": run_cfg["rule"],
+        "seed": run_cfg["seed"], "scale": run_cfg["scale"], "status": status, "diverged_at_epoch": diverged_at,
+        "epochs": run_cfg["epochs"], "epochs_done": last["epoch"],
+        "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
+        "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
+        "wall_seconds": wall_seconds,
+        "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "run_config": dict(run_cfg),
+        "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None,
+    }
+    tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
+                     "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"],
+                     **{k: v for k, v in last.items() if k.startswith("probe_")}})
+    tracker.finish(exit_code=0)
+    _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
+    return summary
+
+
 def train(
     run_cfg: Mapping[str, Any],
     out_dir: str | os.PathLike,
@@ -263,37 +376,8 @@ def train(
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
 
     started = time.time()
-    provenance = {
-        "config_hash": chash,
-        "git_commit": git_commit(),
-        "seed": seed,
-        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "threads": torch.get_num_threads(),
-        "n_train": len(task.x_train),
-        "n_test": len(task.x_test),
-    }
-    wandb_cfg = dict(wandb_cfg or {})
-    tracker = WandbRun(
-        wandb_dir=Path(wandb_dir or out_dir / "wandb"),
-        project=wandb_cfg.get("project", "biocredit"),
-        entity=wandb_cfg.get("entity"),
-        mode=resolve_mode(wandb_cfg.get("mode")),
-        name=f"{run_cfg['experiment']}-{run_cfg['method']}-seed{seed}",
-        group=run_cfg["experiment"],
-        job_type=run_cfg["method"],
-        config={**run_cfg, "provenance": provenance},
-        tags=[run_cfg["scale"], run_cfg["rule"]],
-        step_metric="examples_seen" if tc.get("eval_every_examples") else "epoch",
-        summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
-    )
-    if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
-        # the interrupted W&B run is replaced by this one, which replays its rows
-        shutil.rmtree(old_wandb_dir, ignore_errors=True)
-    for r in rows:
-        tracker.log(r)
+    provenance = run_provenance(run_cfg, chash, dev, len(task.x_train), len(task.x_test))
+    tracker = open_tracker(run_cfg, provenance, wandb_cfg, Path(wandb_dir or out_dir / "wandb"), old_wandb_dir, rows)
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -320,25 +404,10 @@ def train(
         eval_gen = torch.Generator().manual_seed((seed + 1) * 7_919_993 + examples_seen)
         tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"], eval_gen, passes=1)
         te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"], eval_gen)
-        va = {}
+        va = None
         if task.x_valid is not None:
-            v = evaluate(net, task.x_valid, task.t_valid, task.labels_valid, run_cfg["loss"], eval_gen)
-            va = {"valid_loss": v["loss"], "valid_error": v["error"]}
-        epoch = examples_seen // n if examples_seen % n == 0 else round(examples_seen / n, 6)
-        return {"epoch": epoch, "examples_seen": examples_seen,
-                "train_loss": tr["loss"], "train_error": tr["error"], **va, "test_loss": te["loss"],
-                "test_error": te["error"], **extra, "eval_seconds": time.time() - t0}
-
-    def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
-        """Mean (and sd, as Lillicrap's error bars) of the angles measured since the last row."""
-        out = {}
-        for key, v in angle_sums.items():
-            v_t = torch.tensor(v, dtype=torch.float64)
-            out[key] = float(v_t.nanmean())
-            if len(v) > 1:
-                out[f"{key}_sd"] = float(v_t[~v_t.isnan()].std()) if (~v_t.isnan()).sum() > 1 else math.nan
-        angle_sums.clear()
-        return out
+            va = evaluate(net, task.x_valid, task.t_valid, task.labels_valid, run_cfg["loss"], eval_gen)
+        return metrics_row(examples_seen, n, tr, te, va, extra, time.time() - t0)
 
     if start_epoch == 0 and not rows:
         record(eval_row(0, {}))
@@ -388,8 +457,7 @@ def train(
             if not math.isfinite(float(loss_acc)):
                 status, diverged_at = "diverged", epoch
                 _log(f"{tag} DIVERGED in epoch {epoch}: the training loss became {float(loss_acc)}; run stopped")
-                record({"epoch": epoch, "examples_seen": epoch * n, "train_loss": math.nan, "train_error": math.nan,
-                        "test_loss": math.nan, "test_error": math.nan, "epoch_seconds": train_seconds})
+                record(diverged_row(epoch, n, train_seconds))
                 break
             row = eval_row(epoch * n, {**extra, **window_angles(angle_sums), "epoch_seconds": train_seconds})
             record(row)
@@ -415,23 +483,6 @@ def train(
         _log(f"{tag} probe ({probe_cfg['kind']} on layer {probe_cfg.get('layer', 1)}): "
              f"test error {result['probe_test_error']:.4g} %")
 
-    last = rows[-1]
-    finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
-    summary = {
-        "experiment": run_cfg["experiment"], "method": run_cfg["method"], "rule": run_cfg["rule"], "seed": seed,
-        "scale": run_cfg["scale"], "status": status, "diverged_at_epoch": diverged_at,
-        "epochs": epochs, "epochs_done": last["epoch"],
-        "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
-        "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
-        "wall_seconds": wall_before + time.time() - started,
-        "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "run_config": dict(run_cfg),
-        "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None,
-    }
-    checkpoint(last["epoch"], status)
-    tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
-                     "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"],
-                     **{k: v for k, v in last.items() if k.startswith("probe_")}})
-    tracker.finish(exit_code=0)
-    _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
-    return summary
+    checkpoint(rows[-1]["epoch"], status)
+    return finish_run(run_cfg, out_dir, rows, status, diverged_at, wall_before + time.time() - started, provenance,
+                      tracker)

@@ -4,10 +4,13 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from biocredit.config import SCHEMA_PATH, ConfigError, resolve_run, seeds
+from biocredit.config import SCHEMA_PATH, ConfigError, ensemble_seeds, resolve_run, seeds
+from biocredit.ensemble import seeds_label
 from biocredit.config import validate as biocredit_validate
 from biocredit.data import DATASET_FOLDERS
 
+if isinstance(config.get("ensembles"), str):  # --config ensembles=false arrives as a string
+    config["ensembles"] = yaml.safe_load(config["ensembles"])
 try:
     biocredit_validate(config, "config (config.yaml + --config/--configfile)")
 except ConfigError as e:
@@ -46,6 +49,11 @@ def run_summaries(experiment):
         method=list(experiment_cfg(experiment)["methods"]),
         seed=seeds(config, experiment),
     )
+
+
+def ensemble_methods(experiment):
+    """The methods of an experiment whose seeds train together in one job (rule train_ensemble_<experiment>)."""
+    return [m for m in experiment_cfg(experiment)["methods"] if ensemble_seeds(config, experiment, m)]
 
 
 def dataset_marker(experiment):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from biocredit.losses import loss_value, output_delta
-from biocredit.nets import MLP
+from biocredit.nets import MLP, mm
 from biocredit.rules.base import LearningRule, StepResult, propagate_through_feedback
 
 
@@ -23,7 +23,7 @@ def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: st
         hidden = fwd.h[1:-1]
         value = loss_value(loss, fwd.a[-1], fwd.h[-1], target, reduction)
         params = list(net.parameters())
-        grads = torch.autograd.grad(value, params + hidden)
+        grads = torch.autograd.grad(value.sum(), params + hidden)  # sum: one loss per net of an ensemble
     n = len(params)
     delta_h = [None] + [-g for g in grads[n:]]
     return value.detach(), fwd.h[-1].detach(), list(grads[:n]), delta_h
@@ -39,10 +39,10 @@ def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction:
     """
     fwd = net.forward_all(x)
     delta_L = output_delta(loss, net.activations[-1], fwd, target, reduction)
-    feedback = [None, None] + [W.T for W in net.W[1:]]
+    feedback = [None, None] + [W.mT for W in net.W[1:]]
     delta, delta_h = propagate_through_feedback(net, fwd, delta_L, feedback)
-    gW = [delta[i].T @ fwd.input_of(i) for i in range(1, net.n_layers + 1)]  # layer i read s_{i-1}
-    gb = [delta[i].sum(dim=0) for i in range(1, net.n_layers + 1)] if net.b is not None else []
+    gW = [mm(delta[i].mT, fwd.input_of(i)) for i in range(1, net.n_layers + 1)]  # layer i read s_{i-1}
+    gb = [delta[i].sum(dim=-2) for i in range(1, net.n_layers + 1)] if net.b is not None else []
     return gW + gb, delta_h, delta_L
 
 
@@ -50,6 +50,7 @@ class Backprop(LearningRule):
     """Δh_i = W_{i+1}^T delta_{i+1}: the gradient of the loss (Rumelhart et al. 1986)."""
 
     name = "backprop"
+    ensemble = True
     compare_to_backprop = False
 
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:

@@ -20,6 +20,7 @@ from biocredit.rules.base import LearningRule, StepResult, propagate_through_fee
 
 class FeedbackAlignment(LearningRule):
     name = "feedback_alignment"
+    ensemble = True
     PARAMS = {
         "feedback_init": {"distribution": "uniform", "scale": 0.5},  # B ~ U[-0.5, 0.5] in preprint Fig. 1
         "feedback_sparsity": 0.0,  # fraction of the elements of every B set to 0

@@ -19,6 +19,7 @@ from biocredit.rules.base import LearningRule, StepResult, set_layer_grads
 
 class NodePerturbation(LearningRule):
     name = "node_perturbation"
+    ensemble = True
     PARAMS = {"sigma": 0.01}  # sd of the perturbation; "by manual search" in the paper (value not given)
 
     def __init__(self, net: MLP, params, loss: str, reduction: str, generator: torch.Generator):
@@ -42,17 +43,17 @@ class NodePerturbation(LearningRule):
         fwd = net.forward_all(x)
         clean = loss_value(self.loss, fwd.a[-1], fwd.h[-1], target, "none")
         xi: list[Tensor] = [None] + [  # type: ignore[list-item]
-            (torch.randn(h.shape, generator=self.generator) * sigma).to(h.device, h.dtype) for h in fwd.h[1:]
+            (self.randn(h.shape) * sigma).to(h.device, h.dtype) for h in fwd.h[1:]
         ]
         reinforcement = self._perturbed_loss(net, x, target, xi) - clean  # δL, one scalar per example
         if self.reduction == "mean":
-            reinforcement = reinforcement / len(x)
+            reinforcement = reinforcement / x.shape[-2]
         delta_h: list[Tensor | None] = [None] * net.n_layers
         for i in range(1, net.n_layers + 1):
-            g_h = reinforcement[:, None] * xi[i] / sigma**2  # estimate of dL/dh_i
+            g_h = reinforcement.unsqueeze(-1) * xi[i] / sigma**2  # estimate of dL/dh_i
             if i < net.n_layers:
                 delta_h[i] = -g_h
             delta = g_h * activation_derivative(net.activations[i - 1], fwd.a[i], fwd.h[i])
             set_layer_grads(net, i, delta, fwd.h[i - 1])
-        value = clean.sum() if self.reduction == "sum" else clean.mean()
+        value = clean.sum(dim=-1) if self.reduction == "sum" else clean.mean(dim=-1)
         return StepResult(loss=value, output=fwd.h[-1], delta_h=delta_h)

@@ -11,6 +11,7 @@ from biocredit.rules.base import LearningRule, StepResult, set_layer_grads
 
 class Shallow(LearningRule):
     name = "shallow"
+    ensemble = True
 
     @torch.no_grad()
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:

@@ -1,0 +1,295 @@
+"""Many seeds of one cell (experiment × method) trained at once, as one stacked ensemble.
+
+For the small synthetic tasks (a 30-20-10 net, one example per update) a step costs a few microseconds of
+arithmetic and tens of microseconds of Python and dispatch; S seeds stacked into weights of shape
+(S, out, in) pay that overhead once per step instead of S times. The learning rules are the same code as for
+one run: their algebra acts on the last two dimensions (``@``, ``.mT``), so a rule with ``ensemble = True``
+runs unchanged on stacked tensors (:meth:`biocredit.rules.LearningRule.stack`), and its noise comes from each
+seed's own generator. What differs from :func:`biocredit.train.train` is only the bookkeeping: one row list,
+W&B run, divergence state and run folder per seed.
+
+Every seed ends with the same ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` and W&B run as a separate
+run of that seed (the numbers are bitwise equal on the CPU for every synthetic cell of config.yaml;
+tests/test_ensemble.py checks them), plus ``ensemble_size`` in its provenance. Bitwise equality rests on
+:func:`biocredit.nets.mm` and on the BLAS computing each slice of a batched product as it computes one
+matrix; for a few shapes MKL's batched product rounds differently (seen: a (1×20)·(20×30) product, which
+these nets never form), and there the seeds would agree to float rounding only. While the ensemble trains, its state is checkpointed after every epoch
+in one file next to the seed folders (``checkpoint-seeds<a>-<b>.pt``); a killed job resumes from it.
+
+A rule without a stacked form (e.g. DTP) or a non-synthetic dataset falls back to one run per seed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from biocredit.config import config_hash
+from biocredit.metrics import target_spread, update_angle_tensors
+from biocredit.nets import MLP, build_net
+from biocredit.rules import RULES
+from biocredit.rules.base import unstack
+from biocredit.train import (
+    DIVERGENCE_CHECK_EVERY,
+    SYNTHETIC_TASKS,
+    _atomic_write,
+    _log,
+    _write_csv,
+    diverged_row,
+    evaluate_regression,
+    finish_run,
+    load_task,
+    make_optimizer,
+    metrics_row,
+    open_tracker,
+    resolve_device,
+    run_provenance,
+    train,
+    window_angles,
+)
+
+
+def why_not_ensemble(run_cfg: Mapping[str, Any]) -> str | None:
+    """None if the run's seeds can train as one stacked ensemble, else the reason (one line)."""
+    if not RULES[run_cfg["rule"]].ensemble:
+        return f"rule {run_cfg['rule']!r} has no stacked (batch-dimension agnostic) form"
+    if run_cfg["dataset"] not in SYNTHETIC_TASKS or run_cfg["loss"] != "squared_error":
+        return f"dataset {run_cfg['dataset']!r} is not a synthetic regression task (ensembles are for the small synthetic nets)"
+    return None
+
+
+def seeds_label(seeds: Sequence[int]) -> str:
+    """``0-19`` for a contiguous range, else ``0_3_7``."""
+    seeds = list(seeds)
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return "_".join(map(str, seeds))
+
+
+def train_seeds(
+    run_cfgs: Sequence[Mapping[str, Any]],
+    out_dirs: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    wandb_cfg: Mapping[str, Any] | None = None,
+    wandb_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+    ensemble: bool = True,
+) -> list[dict[str, Any]]:
+    """Train the runs (one cell, several seeds): as one stacked ensemble where possible, else one by one."""
+    kw = dict(device=device, wandb_cfg=wandb_cfg, wandb_dir=wandb_dir, threads=threads)
+    reason = why_not_ensemble(run_cfgs[0]) if ensemble else "ensembles switched off"
+    if reason is None and len(run_cfgs) > 1:
+        return train_ensemble(run_cfgs, out_dirs, data_dir, **kw)
+    if ensemble and len(run_cfgs) > 1:
+        _log(f"[{run_cfgs[0]['experiment']}/{run_cfgs[0]['method']}] one run per seed: {reason}")
+    return [train(rc, out, data_dir, **kw) for rc, out in zip(run_cfgs, out_dirs, strict=True)]
+
+
+def train_ensemble(
+    run_cfgs: Sequence[Mapping[str, Any]],
+    out_dirs: Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    wandb_cfg: Mapping[str, Any] | None = None,
+    wandb_dir: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train the seeds of one cell together; returns their summaries (as :func:`biocredit.train.train` each)."""
+    run_cfgs = [dict(rc) for rc in run_cfgs]
+    rc0, S = run_cfgs[0], len(run_cfgs)
+    same = {k: v for k, v in rc0.items() if k != "seed"}
+    if any({k: v for k, v in rc.items() if k != "seed"} != same for rc in run_cfgs):
+        raise ValueError("an ensemble's runs must differ in their seed only")
+    out_dirs = [Path(d) for d in out_dirs]
+    for d in out_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    tc, seeds = rc0["train"], [rc["seed"] for rc in run_cfgs]
+    chashes = [config_hash(rc) for rc in run_cfgs]
+    label = seeds_label(seeds)
+    tag = f"[{rc0['experiment']}/{rc0['method']}/seeds{label}]"
+
+    # Each seed's net and rule exactly as a separate run builds them, from the seed's own generator; then stacked.
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    nets, rules = [], []
+    for rc, g in zip(run_cfgs, generators, strict=True):
+        nets.append(build_net(rc["net"], g).to(dev))
+        rules.append(RULES[rc["rule"]](nets[-1], rc["params"], rc["loss"], tc["reduction"], g))
+    net = MLP.stack(nets)
+    rule = type(rules[0]).stack(rules)
+    del nets, rules
+    opt = make_optimizer(net, tc)
+    tasks = [load_task(rc, Path(data_dir), dev) for rc in run_cfgs]
+    x_train, t_train = torch.stack([t.x_train for t in tasks]), torch.stack([t.t_train for t in tasks])
+    x_test, t_test = torch.stack([t.x_test for t in tasks]), torch.stack([t.t_test for t in tasks])
+    del tasks
+    spread_train, spread_test = target_spread(t_train), target_spread(t_test)
+
+    rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
+    status: list[str] = ["completed"] * S
+    diverged_at: list[int | None] = [None] * S
+    final_state: dict[int, dict[str, Any]] = {}  # a diverged seed's state when it stopped, as train() keeps it
+    start_epoch, wall_before, old_wandb_dirs = 0, 0.0, [None] * S
+    ckpt_path = out_dirs[0].parent / f"checkpoint-seeds{label}.pt"
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if state.get("config_hashes") == chashes and state["status"] == "running":
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["optimizer"])
+            rule.load_state_dict(state["rule"])
+            for g, gs in zip(generators, state["generators"], strict=True):
+                g.set_state(gs)
+            rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
+            status, diverged_at, final_state = state["run_status"], state["diverged_at"], state["final_state"]
+            old_wandb_dirs = state["wandb_run_dirs"]
+            _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
+        else:
+            _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
+
+    started = time.time()
+    provenance = [{**run_provenance(rc, h, dev, x_train.shape[-2], x_test.shape[-2]), "ensemble_size": S}
+                  for rc, h in zip(run_cfgs, chashes, strict=True)]
+    trackers = [open_tracker(rc, p, wandb_cfg, Path(wandb_dir or d / "wandb"), old, r)
+                for rc, p, d, old, r in zip(run_cfgs, provenance, out_dirs, old_wandb_dirs, rows, strict=True)]
+
+    def record(s: int, row: dict[str, Any]) -> None:
+        rows[s].append(row)
+        trackers[s].log(row)
+
+    def flush() -> None:
+        """Write every seed's metrics.csv (after each epoch; train() rewrites it after each row, which for 20
+        seeds x 100 rows an epoch would cost more than the training)."""
+        for s in range(S):
+            _write_csv(out_dirs[s] / "metrics.csv", rows[s])
+
+    def alive() -> list[int]:
+        return [s for s in range(S) if status[s] == "completed"]
+
+    def seed_state(s: int, epoch: int, run_status: str) -> dict[str, Any]:
+        """Seed s's checkpoint in the format of train()'s checkpoint.pt."""
+        return {
+            "config_hash": chashes[s], "status": run_status, "epoch": epoch, "rows": list(rows[s]),
+            "net": unstack(dict(net.state_dict()), s), "optimizer": unstack(opt.state_dict(), s),
+            "rule": unstack(rule.state_dict(), s), "generator": generators[s].get_state(),
+            "wall_seconds": wall_before + time.time() - started,
+            "wandb_run_dir": str(trackers[s].run_dir) if trackers[s].run_dir else None, "run_config": run_cfgs[s],
+        }
+
+    def checkpoint(epoch: int) -> None:
+        state = {
+            "config_hashes": chashes, "seeds": seeds, "status": "running", "epoch": epoch, "rows": rows,
+            "run_status": status, "diverged_at": diverged_at, "final_state": final_state,
+            "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
+            "generators": [g.get_state() for g in generators], "wall_seconds": wall_before + time.time() - started,
+            "wandb_run_dirs": [str(t.run_dir) if t.run_dir else None for t in trackers],
+        }
+        _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+        flush()
+
+    n, bs, epochs = x_train.shape[-2], tc["batch_size"], rc0["epochs"]
+    eval_every = tc.get("eval_every_examples")
+
+    def eval_rows(examples_seen: int, extra: list[Mapping[str, float]]) -> None:
+        t0 = time.time()
+        tr = evaluate_regression(net, x_train, t_train, spread_train)
+        te = evaluate_regression(net, x_test, t_test, spread_test)
+        seconds = time.time() - t0
+        for s in alive():
+            record(s, metrics_row(examples_seen, n, tr[s], te[s], None, extra[s], seconds))
+
+    def stop(s: int, epoch: int, train_seconds: float) -> None:
+        """Seed s diverged: record it as train() does, keep its state, and zero its weights (NaN-free algebra)."""
+        status[s], diverged_at[s] = "diverged", epoch
+        _log(f"{tag} seed {seeds[s]} DIVERGED in epoch {epoch}: the training loss became non-finite; run stopped")
+        record(s, diverged_row(epoch, n, train_seconds))
+        final_state[s] = seed_state(s, epoch, "diverged")
+        with torch.no_grad():
+            for p in net.parameters():
+                p[s].zero_()
+
+    if start_epoch == 0 and not any(rows):
+        eval_rows(0, [{}] * S)
+    try:
+        decay = (1.0 - tc["weight_decay"]) ** bs if tc["weight_decay_mode"] == "decoupled" else None
+        for epoch in range(start_epoch + 1, epochs + 1):
+            if not alive():
+                break
+            t0 = time.time()
+            perms = [torch.randperm(n, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
+                     if tc["shuffle"] else torch.arange(n) for s in seeds]  # each seed's own order, as train()
+            perm = torch.stack(perms).to(dev)
+            rows_idx = torch.arange(S, device=dev)[:, None]
+            xs, ts = x_train[rows_idx, perm], t_train[rows_idx, perm]  # this epoch's examples in training order
+
+            def batches(xs: Tensor = xs, ts: Tensor = ts):
+                for s in range(0, n, bs):
+                    yield xs[:, s : s + bs], ts[:, s : s + bs]
+
+            extra = dict(rule.on_epoch_start(net, epoch, batches))
+            angle_sums: list[dict[str, list[float]]] = [{} for _ in seeds]
+            loss_acc = torch.zeros(S, device=dev)
+            seen = (epoch - 1) * n
+            for k, s0 in enumerate(range(0, n, bs)):
+                x, t = xs[:, s0 : s0 + bs], ts[:, s0 : s0 + bs]
+                net.zero_grad(set_to_none=True)
+                step = rule.compute_grads(net, x, t)
+                if rule.compare_to_backprop and k % tc["angle_every"] == 0:
+                    angles = {key: v.tolist() for key, v in update_angle_tensors(
+                        net, x, t, step, rc0["loss"], tc["reduction"], pbp=tc.get("pbp_angle", False)).items()}
+                    for s in alive():
+                        for key, v in angles.items():
+                            angle_sums[s].setdefault(key, []).append(v[s])
+                opt.step()
+                if decay is not None:
+                    with torch.no_grad():
+                        for W in net.W:
+                            W.mul_(decay)
+                rule.after_step(net)
+                loss_acc += step.loss
+                seen += x.shape[-2]
+                if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_acc).all()):
+                    finite = torch.isfinite(loss_acc).tolist()
+                    for s in alive():
+                        if not finite[s]:
+                            stop(s, epoch, time.time() - t0)
+                    if not alive():
+                        break
+                if eval_every and seen % eval_every == 0 and seen != epoch * n:
+                    eval_rows(seen, [window_angles(a) for a in angle_sums])
+            train_seconds = time.time() - t0
+            finite = torch.isfinite(loss_acc).tolist()
+            for s in alive():
+                if not finite[s]:
+                    stop(s, epoch, train_seconds)
+            if alive():
+                eval_rows(epoch * n, [{**extra, **window_angles(a), "epoch_seconds": train_seconds} for a in angle_sums])
+            checkpoint(epoch)
+            last = [rows[s][-1] for s in alive()]
+            if last:
+                _log(f"{tag} epoch {epoch}/{epochs}  mean test_error {sum(r['test_error'] for r in last) / len(last):.4g}"
+                     f" over {len(last)} seeds  ({train_seconds:.1f} s train + {last[0]['eval_seconds']:.1f} s eval)")
+    except BaseException:
+        for tr in trackers:
+            tr.finish(exit_code=1)
+        raise
+
+    wall = wall_before + time.time() - started
+    for s in range(S):  # every seed's folder gets the final checkpoint.pt of a separate run
+        state = final_state.get(s) or seed_state(s, rows[s][-1]["epoch"], status[s])
+        state = {**state, "status": status[s], "rows": rows[s], "wall_seconds": wall}
+        _atomic_write(out_dirs[s] / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
+    summaries = [finish_run(rc, d, r, st, da, wall, p, tr) for rc, d, r, st, da, p, tr in
+                 zip(run_cfgs, out_dirs, rows, status, diverged_at, provenance, trackers, strict=True)]
+    ckpt_path.unlink(missing_ok=True)
+    return summaries

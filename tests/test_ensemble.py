@@ -1,0 +1,222 @@
+"""Many seeds at once (biocredit.ensemble): every seed of a stacked ensemble ends with exactly the files and
+numbers of its separate run, gets its own W&B run, and a killed ensemble job resumes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import REPO_CONFIG, read_metrics, run_cli, write_config
+
+from biocredit import cli
+from biocredit.aggregate import run_dir
+from biocredit.config import ensemble_seeds, load_config, resolve_run
+from biocredit.ensemble import train_ensemble, train_seeds, why_not_ensemble
+from biocredit.rules import RULES
+from biocredit.tracking import find_offline_runs, read_offline_history, read_offline_run
+from biocredit.train import train
+
+SEEDS = [0, 1, 2]
+
+
+def synthetic_config(tmp_path: Path, wandb_mode: str = "disabled", **scale: Any) -> dict:
+    """config.yaml at scale smoke for the synthetic experiments: 3 seeds, 2 epochs (so a reshuffle), a few
+    hundred examples, rows inside epochs, one CPU thread, results in tmp."""
+    overrides: dict[str, Any] = {"scale": "smoke", "device": "cpu", "threads": 1, "results_dir": str(tmp_path / "results"),
+                                 "wandb.mode": wandb_mode}
+    for exp, n in (("lillicrap_linear", 300), ("lillicrap_pinv", 300), ("lillicrap_teacher", 400)):
+        settings = {"epochs": 2, "seeds": len(SEEDS), "train_subset": n, "test_subset": 200, **scale}
+        overrides.update({f"experiments.{exp}.scales.smoke.{k}": v for k, v in settings.items()})
+    overrides["experiments.lillicrap_teacher.train.eval_every_examples"] = 100  # rows inside the epoch too
+    overrides["experiments.lillicrap_teacher.train.angle_every"] = 7
+    return load_config(REPO_CONFIG, overrides)
+
+
+def folder(cfg: dict, exp: str, method: str, seed: int, root: str = "separate") -> Path:
+    return Path(cfg["results_dir"]) / root / exp / method / f"seed{seed}"
+
+
+def train_both(cfg: dict, exp: str, method: str) -> tuple[list[dict], list[dict]]:
+    """Each seed alone (train()) and all seeds as one ensemble (train_ensemble()); returns both summaries."""
+    run_cfgs = [resolve_run(cfg, exp, method, s) for s in SEEDS]
+    wb = {"mode": cfg["wandb"]["mode"]}
+    alone = [train(rc, folder(cfg, exp, method, rc["seed"]), "data", device="cpu", wandb_cfg=wb, threads=1)
+             for rc in run_cfgs]
+    together = train_ensemble(run_cfgs, [folder(cfg, exp, method, s, "ensemble") for s in SEEDS], "data",
+                              device="cpu", wandb_cfg=wb, threads=1)
+    return alone, together
+
+
+def without_times(d: dict) -> dict:
+    return {k: v for k, v in d.items() if not k.endswith("seconds")}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("exp", "method"), [
+    ("lillicrap_linear", "fa"),  # Δh and ΔW angles to BP on every 10th example, rows every 100
+    ("lillicrap_linear", "bp"),  # autograd on stacked weights
+    ("lillicrap_linear", "node_perturbation"),  # noise from each seed's own generator
+    ("lillicrap_linear", "shallow"),
+    ("lillicrap_pinv", "w0_0001"),  # the pseudo-backprop angle (pinv of stacked W)
+    ("lillicrap_teacher", "fa4"),  # 4-layer tanh net with biases, shuffled order per seed and epoch
+    ("lillicrap_teacher", "bp4"),
+])
+def test_every_seed_of_an_ensemble_gets_the_numbers_of_its_separate_run(tmp_path, one_thread, exp, method):
+    cfg = synthetic_config(tmp_path)
+    alone, together = train_both(cfg, exp, method)
+    rows = []
+    for s, a, b in zip(SEEDS, alone, together, strict=True):
+        mine = read_metrics(folder(cfg, exp, method, s, "ensemble") / "metrics.csv")
+        ref = read_metrics(folder(cfg, exp, method, s) / "metrics.csv")
+        assert len(ref) > 3 and mine == ref, f"seed {s}: the ensemble's metrics.csv differs from the separate run's"
+        rows.append(ref)
+        assert b["status"] == a["status"] == "completed"
+        assert without_times(b["final"]) == without_times(a["final"]) and b["best_test_error"] == a["best_test_error"]
+        assert b["provenance"]["config_hash"] == a["provenance"]["config_hash"]
+        assert b["provenance"]["ensemble_size"] == len(SEEDS) and b["run_config"] == a["run_config"]
+        ck_a = torch.load(folder(cfg, exp, method, s) / "checkpoint.pt", weights_only=False)
+        ck_b = torch.load(folder(cfg, exp, method, s, "ensemble") / "checkpoint.pt", weights_only=False)
+        assert ck_a["net"].keys() == ck_b["net"].keys()
+        for k in ck_a["net"]:
+            assert torch.equal(ck_a["net"][k], ck_b["net"][k]), f"seed {s}: final {k} differs"
+        assert torch.equal(ck_a["generator"], ck_b["generator"]), "the rule drew a different amount of noise"
+    if exp == "lillicrap_linear" and method == "fa":
+        assert {"angle_dh_1", "angle_dW_1", "angle_dh_1_sd"} <= set(rows[0][-1])
+    if exp == "lillicrap_pinv":
+        assert "angle_dh_pbp_1" in rows[0][-1]
+    assert rows[0] != rows[1] != rows[2], "the seeds gave the same numbers"
+    assert not list((Path(cfg["results_dir"]) / "ensemble" / exp / method).glob("checkpoint-seeds*.pt")), \
+        "the ensemble checkpoint was left behind after a finished run"
+
+
+def test_a_diverging_ensemble_records_each_seed_as_its_separate_run_does(tmp_path, one_thread):
+    cfg = synthetic_config(tmp_path)
+    cfg["experiments"]["lillicrap_linear"]["methods"]["bp"]["train"]["lr"] = 0.2  # blows up within the epoch
+    alone, together = train_both(cfg, "lillicrap_linear", "bp")
+    assert [a["status"] for a in alone] == [b["status"] for b in together]
+    assert "diverged" in {a["status"] for a in alone}
+    for s, a, b in zip(SEEDS, alone, together, strict=True):
+        assert a["diverged_at_epoch"] == b["diverged_at_epoch"]
+        assert (read_metrics(folder(cfg, "lillicrap_linear", "bp", s, "ensemble") / "metrics.csv")
+                == read_metrics(folder(cfg, "lillicrap_linear", "bp", s) / "metrics.csv"))
+
+
+def test_each_seed_of_an_ensemble_logs_its_own_wandb_offline_run(tmp_path, one_thread, wandb_offline):
+    cfg = synthetic_config(tmp_path, wandb_mode="offline")
+    wandb_dir = tmp_path / "wandb"
+    run_cfgs = [resolve_run(cfg, "lillicrap_linear", "fa", s) for s in SEEDS]
+    outs = [folder(cfg, "lillicrap_linear", "fa", s) for s in SEEDS]
+    summaries = train_ensemble(run_cfgs, outs, "data", device="cpu", wandb_cfg={"mode": "offline"},
+                               wandb_dir=wandb_dir, threads=1)
+    runs = {read_offline_run(r)["run"]["name"]: r for r in find_offline_runs(wandb_dir)}
+    assert sorted(runs) == [f"lillicrap_linear-fa-seed{s}" for s in SEEDS]
+    for s, out, summary in zip(SEEDS, outs, summaries, strict=True):
+        record = read_offline_run(runs[f"lillicrap_linear-fa-seed{s}"])
+        assert Path(summary["wandb_run_dir"]) == runs[f"lillicrap_linear-fa-seed{s}"]
+        assert record["run"]["group"] == "lillicrap_linear" and record["exit_code"] == 0
+        assert record["config"]["provenance"]["config_hash"] == summary["provenance"]["config_hash"]
+        history = [r for r in read_offline_history(runs[f"lillicrap_linear-fa-seed{s}"]) if "test_error" in r]
+        metrics = read_metrics(out / "metrics.csv")
+        assert [int(r["examples_seen"]) for r in history] == [int(r["examples_seen"]) for r in metrics]
+        for logged, row in zip(history, metrics, strict=True):
+            for key in ("test_error", "train_error", "angle_dh_1"):
+                if row.get(key):
+                    assert logged[key] == float(row[key]), (s, key, row["examples_seen"])
+
+
+def test_a_killed_ensemble_job_resumes_and_ends_as_separate_uninterrupted_runs(tmp_path, cli_env, one_thread):
+    # ~1 s per epoch for 3 seeds of the 4-layer teacher: the kill lands after epoch 1 and well before epoch 5
+    cfg = synthetic_config(tmp_path, epochs=5, train_subset=3000, test_subset=200)
+    path = write_config(cfg, tmp_path / "config.yaml")
+    args = ["train", "--config", str(path), "--experiment", "lillicrap_teacher", "--method", "fa4", "--seeds", "0-2"]
+    cell = Path(cfg["results_dir"]) / "smoke" / "runs" / "lillicrap_teacher" / "fa4"
+    ckpt = cell / "checkpoint-seeds0-2.pt"
+
+    log = tmp_path / "first.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "biocredit", *args], cwd=tmp_path, env=cli_env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline, epoch = time.monotonic() + 240, 0
+            while epoch < 1:
+                assert proc.poll() is None, f"the job ended before it could be killed:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no checkpoint after 240 s:\n{log.read_text()}"
+                if ckpt.exists():
+                    epoch = torch.load(ckpt, weights_only=False)["epoch"]
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not any((cell / f"seed{s}" / "summary.json").exists() for s in SEEDS), "finished before the kill"
+    killed_at = torch.load(ckpt, weights_only=False)["epoch"]
+    assert 1 <= killed_at < 5
+
+    rerun = run_cli(*args, env=cli_env, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming from the checkpoint of epoch {killed_at}" in rerun.stderr
+    assert "epoch 1/5" not in rerun.stderr, "the rerun trained epoch 1 again"
+    assert not ckpt.exists()
+    for s in SEEDS:
+        assert cli.main(["train", "--config", str(path), "--experiment", "lillicrap_teacher", "--method", "fa4",
+                         "--seed", str(s), "--out", str(tmp_path / f"alone{s}")]) == 0
+        resumed = read_metrics(cell / f"seed{s}" / "metrics.csv")
+        assert [r["epoch"] for r in resumed if "." not in r["epoch"]] == [str(e) for e in range(6)]
+        assert resumed == read_metrics(tmp_path / f"alone{s}" / "metrics.csv"), f"seed {s} differs after the resume"
+        summary = json.loads((cell / f"seed{s}" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == s
+
+
+def test_rules_and_tasks_without_a_stacked_form_train_one_seed_at_a_time(tmp_path, one_thread):
+    cfg = synthetic_config(tmp_path)
+    assert why_not_ensemble(resolve_run(cfg, "lee_dtp_mnist", "dtp", 0)) is not None
+    assert why_not_ensemble(resolve_run(cfg, "lillicrap_mnist", "fa", 0)) is not None  # not a synthetic task
+    assert not ensemble_seeds(cfg, "lillicrap_mnist", "fa") and not ensemble_seeds(cfg, "lee_dtp_mnist", "dtp")
+    assert ensemble_seeds(cfg, "lillicrap_teacher", "fa4")
+    assert not ensemble_seeds({**cfg, "ensembles": False}, "lillicrap_teacher", "fa4")
+    with pytest.raises(TypeError):
+        RULES["difference_target_prop"].stack([])
+    # switched off: the same files through train() one seed after another (no ensemble checkpoint, no size)
+    run_cfgs = [resolve_run(cfg, "lillicrap_linear", "shallow", s) for s in SEEDS]
+    outs = [folder(cfg, "lillicrap_linear", "shallow", s) for s in SEEDS]
+    summaries = train_seeds(run_cfgs, outs, "data", device="cpu", wandb_cfg={"mode": "disabled"}, ensemble=False)
+    assert [s["seed"] for s in summaries] == SEEDS and all("ensemble_size" not in s["provenance"] for s in summaries)
+
+
+def test_the_ensemble_switch_is_kept_out_of_the_run_config():
+    cfg = load_config(REPO_CONFIG)
+    assert cfg["experiments"]["lillicrap_linear"]["train"]["ensemble_seeds"] is True
+    assert "ensemble_seeds" not in resolve_run(cfg, "lillicrap_linear", "fa", 0)["train"]
+
+
+def test_seeds_on_the_command_line_accept_ranges_and_lists():
+    assert cli._seed_list("0-3") == [0, 1, 2, 3]
+    assert cli._seed_list("0-2,5,2") == [0, 1, 2, 5]
+    assert cli._seed_list("7") == [7]
+
+
+def test_train_with_seeds_writes_every_seeds_default_run_folder(tmp_path, one_thread):
+    cfg = synthetic_config(tmp_path)
+    path = write_config(cfg, tmp_path / "config.yaml")
+    assert cli.main(["train", "--config", str(path), "--experiment", "lillicrap_pinv", "--method", "w0_01",
+                     "--seeds", "0-2"]) == 0
+    for s in SEEDS:
+        d = run_dir(Path(cfg["results_dir"]), "smoke", "lillicrap_pinv", "w0_01", s)
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["seed"] == s and summary["provenance"]["ensemble_size"] == len(SEEDS)
+        assert (d / "metrics.csv").is_file() and (d / "checkpoint.pt").is_file()
