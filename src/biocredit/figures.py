@@ -91,6 +91,8 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         if metric.startswith("angle_"):
             ax.axhline(90, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel(X_LABELS.get(x, x))
+        if x == "examples_seen":  # 400,000 examples: plain tick labels run into each other
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3), useMathText=True)
         label = METRIC_LABELS.get(metric, metric)
         if regression and metric.endswith("_error"):  # the error of a regression task is its NSE
             label = f"{metric.split('_')[0].capitalize()} NSE (normalised squared error)"
