@@ -106,8 +106,7 @@ def to_markdown(rows: list[dict], n_seeds: int, machine: str, command: str) -> s
              f"over one seed (`--seed 0`), same task and epochs, threads=1, CPU. *job*: a whole `biocredit train` "
              "process as Snakemake runs it (start-up, W&B offline runs, training, evaluation); *train*: the training "
              "function alone in one process (W&B off). Median of the per-repeat ratios (min–max), repeats "
-             "interleaved after a warm-up. The machine was shared with other jobs: absolute seconds are noisy, the "
-             "ratios less so.", "", f"Command: `{command}`  ", f"Machine: {machine}", "",
+             "interleaved after a warm-up.", "", f"Command: `{command}`  ", f"Machine: {machine}", "",
              f"| cell | settings | 1 seed job (s) | {n_seeds} seeds job (s) | job ratio (min–max) | 1 seed train (s) "
              f"| {n_seeds} seeds train (s) | train ratio (min–max) | repeats |", "|" + "---|" * 9]
     for r in rows:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         res[f"{key}_cells"] = rows
         res[f"{key}_note"] = (f"{command.strip()}; {machine}; median of interleaved repeat ratios, worst cell; "
                               "job = whole `biocredit train` processes, train_only = the training function in one "
-                              f"process; machine shared with other jobs; {time.strftime('%Y-%m-%d')}")
+                              f"process; {time.strftime('%Y-%m-%d')}")
         (HERE / "results.json").write_text(json.dumps(res, indent=2))
         write_section(HERE / "results.md", md)
     return 0
