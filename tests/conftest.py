@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +158,34 @@ def config_file(tmp_path: Path) -> Callable[..., Path]:
         return write_config(cfg, tmp_path / name)
 
     return make
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for tiny nets (no OpenMP spin-waits on a busy machine), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def kill_after_first_checkpoint(args: list[str], checkpoint: Path, log: Path, env: dict, cwd: Path,
+                                timeout: float) -> None:
+    """Start ``python -m biocredit *args``, SIGKILL it as soon as ``checkpoint`` records a finished epoch."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "biocredit", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline, epoch = time.monotonic() + timeout, 0
+            while epoch < 1:
+                assert proc.poll() is None, f"the job ended before it could be killed:\n{log.read_text()}"
+                assert time.monotonic() < deadline, f"no checkpoint after {timeout:.0f} s:\n{log.read_text()}"
+                if checkpoint.exists():
+                    epoch = torch.load(checkpoint, weights_only=False)["epoch"]
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL

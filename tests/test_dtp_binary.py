@@ -16,12 +16,7 @@ from biocredit.train import evaluate
 ORTHO = {"distribution": "orthogonal", "scale": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
 def discrete_net(sizes=(8, 6, 6, 3), seed: int = 0, **kw) -> MLP:

@@ -4,16 +4,12 @@ numbers of its separate run, gets its own W&B run, and a killed ensemble job res
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import REPO_CONFIG, read_metrics, run_cli, write_config
+from conftest import REPO_CONFIG, kill_after_first_checkpoint, read_metrics, run_cli, write_config
 
 from biocredit import cli
 from biocredit.aggregate import run_dir
@@ -56,13 +52,6 @@ def train_both(cfg: dict, exp: str, method: str) -> tuple[list[dict], list[dict]
 
 def without_times(d: dict) -> dict:
     return {k: v for k, v in d.items() if not k.endswith("seconds")}
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("exp", "method"), [
@@ -145,24 +134,7 @@ def test_a_killed_ensemble_job_resumes_and_ends_as_separate_uninterrupted_runs(t
     cell = Path(cfg["results_dir"]) / "smoke" / "runs" / "lillicrap_teacher" / "fa4"
     ckpt = cell / "checkpoint-seeds0-2.pt"
 
-    log = tmp_path / "first.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "biocredit", *args], cwd=tmp_path, env=cli_env,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline, epoch = time.monotonic() + 240, 0
-            while epoch < 1:
-                assert proc.poll() is None, f"the job ended before it could be killed:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"no checkpoint after 240 s:\n{log.read_text()}"
-                if ckpt.exists():
-                    epoch = torch.load(ckpt, weights_only=False)["epoch"]
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(args, ckpt, tmp_path / "first.log", cli_env, tmp_path, timeout=240)
     assert not any((cell / f"seed{s}" / "summary.json").exists() for s in SEEDS), "finished before the kill"
     killed_at = torch.load(ckpt, weights_only=False)["epoch"]
     assert 1 <= killed_at < 5

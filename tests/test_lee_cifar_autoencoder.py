@@ -28,12 +28,7 @@ needs_cifar = pytest.mark.skipif(not (MIRROR / "cifar-10-batches-py" / "data_bat
                                  reason=f"CIFAR-10 not in the data mirror {MIRROR}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------

@@ -20,13 +20,7 @@ EXP = "lee_dtp_mnist"
 TANH_SIZES = [20, 15, 15, 15, 5]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These nets are tiny: one thread avoids OpenMP spin-waits on a busy machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
 def make_net(sizes: list[int] = TANH_SIZES, hidden: str = "tanh", seed: int = 0, dtype=torch.float32) -> MLP:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import method_with_rule, mnist_experiment, read_metrics, run_cli
+from conftest import kill_after_first_checkpoint, method_with_rule, mnist_experiment, read_metrics, run_cli
 
 from biocredit import cli
 from biocredit.aggregate import run_dir
@@ -80,25 +76,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, con
     folder = default_run_dir(cfg, fa, 0)
     args = ["train", "--config", str(path), "--experiment", EXP, "--method", fa, "--seed", "0"]
 
-    log = tmp_path / "first.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "biocredit", *args], cwd=tmp_path, env=cli_env,
-                                stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline = time.monotonic() + 180
-            epoch = 0
-            while epoch < 1:
-                assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"no checkpoint after 180 s:\n{log.read_text()}"
-                if (folder / "checkpoint.pt").exists():
-                    epoch = torch.load(folder / "checkpoint.pt", weights_only=False)["epoch"]
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_after_first_checkpoint(args, folder / "checkpoint.pt", tmp_path / "first.log", cli_env, tmp_path, timeout=180)
     assert not (folder / "summary.json").exists(), "the run finished before the kill: the test proved nothing"
     killed_at = torch.load(folder / "checkpoint.pt", weights_only=False)
     assert killed_at["status"] == "running" and 1 <= killed_at["epoch"] < 6

@@ -41,6 +41,7 @@ from biocredit.train import (
     _atomic_write,
     _log,
     _write_csv,
+    apply_update,
     diverged_row,
     evaluate_regression,
     finish_run,
@@ -250,12 +251,7 @@ def train_ensemble(
                     for s in alive():
                         for key, v in angles.items():
                             angle_sums[s].setdefault(key, []).append(v[s])
-                opt.step()
-                if decay is not None:
-                    with torch.no_grad():
-                        for W in net.W:
-                            W.mul_(decay)
-                rule.after_step(net)
+                apply_update(net, opt, rule, decay)
                 loss_acc += step.loss
                 seen += x.shape[-2]
                 if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_acc).all()):

@@ -30,7 +30,7 @@ from biocredit.config import config_hash
 from biocredit.losses import loss_value, squared_errors
 from biocredit.metrics import classification_error, normalised_squared_error, target_spread, update_angles
 from biocredit.nets import MLP, build_net
-from biocredit.rules import RULES
+from biocredit.rules import RULES, LearningRule
 from biocredit.tracking import WandbRun, resolve_mode
 
 EVAL_CHUNK = 10_000
@@ -278,6 +278,17 @@ def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wand
     return tracker
 
 
+def apply_update(net: MLP, opt: torch.optim.Optimizer, rule: LearningRule, decay: float | None) -> None:
+    """After the rule wrote p.grad: the optimiser step, the decoupled weight decay W ← (1 − α) W where
+    configured, and the rule's own after-step hook (e.g. a sparsity mask)."""
+    opt.step()
+    if decay is not None:
+        with torch.no_grad():
+            for W in net.W:
+                W.mul_(decay)
+    rule.after_step(net)
+
+
 def metrics_row(examples_seen: int, n: int, tr: Mapping[str, float], te: Mapping[str, float],
                 va: Mapping[str, float] | None, extra: Mapping[str, float], eval_seconds: float) -> dict[str, Any]:
     """One metrics.csv row from the train/test(/valid) evaluations after ``examples_seen`` examples."""
@@ -441,12 +452,7 @@ def train(
                     for key, v in update_angles(net, x, t, step, run_cfg["loss"], tc["reduction"],
                                                   pbp=tc.get("pbp_angle", False)).items():
                         angle_sums.setdefault(key, []).append(v)
-                opt.step()
-                if decay is not None:
-                    with torch.no_grad():
-                        for W in net.W:
-                            W.mul_(decay)
-                rule.after_step(net)
+                apply_update(net, opt, rule, decay)
                 loss_acc += step.loss
                 seen += len(idx)
                 if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss_acc)):
