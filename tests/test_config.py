@@ -69,6 +69,10 @@ BAD_INPUTS = [
     ("misspelled scale key", _set(f"experiments.{EXP}.scales.smoke.epoch", 1), f"experiments.{EXP}.scales.smoke",
      "epoch"),
     ("misspelled top-level key", _set("resuts_dir", "out"), "<top level>", "resuts_dir"),
+    ("train-eval subset on a synthetic task", _set("experiments.lillicrap_teacher.scales.quick.train_eval_subset", 100),
+     "experiments.lillicrap_teacher.scales.quick.train_eval_subset", "synthetic"),
+    ("train-eval subset of zero", _set(f"experiments.{EXP}.scales.quick.train_eval_subset", 0),
+     f"experiments.{EXP}.scales.quick.train_eval_subset", "0"),
 ]
 
 
@@ -195,3 +199,27 @@ def test_config_hash_follows_the_run_settings_and_nothing_else():
     unrelated["wandb"] = {**cfg.get("wandb", {}), "project": "somewhere-else"}
     validate(unrelated)
     assert {m: config_hash(resolve_run(unrelated, EXP, m, 0)) for m in base} == base
+
+
+def test_rule_checks_can_be_skipped_and_then_torch_is_never_imported(tmp_path: Path):
+    """The stages that only read finished runs (aggregate, figures, compare) validate without the rule
+    registry, so they do not pay torch's import; the full check still names a bad rule."""
+    import subprocess
+    import sys
+
+    cfg = raw_config()
+    cfg["experiments"][EXP]["methods"][FA]["rule"] = "no_such_rule"
+    bad = tmp_path / "bad_rule.yaml"
+    bad.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match=f"experiments.{EXP}.methods.{FA}.rule: unknown learning rule"):
+        load_config(bad)
+    code = (
+        "import sys\n"
+        "from biocredit import aggregate, cli, figures\n"
+        "from biocredit.config import load_config\n"
+        f"load_config({str(REPO_CONFIG)!r}, rules=False)\n"
+        f"load_config({str(bad)!r}, rules=False)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -37,6 +37,7 @@ def isolated_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("NETRC", str(home / ".netrc"))
     monkeypatch.setenv("WANDB_BASE_URL", CLOSED_PORT_URL)
     monkeypatch.setattr(tracking, "_online_failed", None)
+    monkeypatch.setattr(tracking, "OFFLINE_RETRY_PAUSE_S", 0.0)
     yield home
     tracking.shutdown()  # forget session credentials and the service started with this test's env
 
@@ -227,6 +228,29 @@ def test_broken_wandb_init_warns_once_and_everything_becomes_a_noop(tmp_path, mo
     assert len(messages) == 1 and "wandb service exploded" in messages[0] and "without W&B" in messages[0]
     assert (run.mode, run.run_id, run.run_dir, run.active) == ("disabled", None, None, False)
     assert tracking.find_offline_runs(tmp_path) == []
+
+
+def test_an_offline_start_the_service_refuses_once_is_retried_with_a_fresh_id(tmp_path, monkeypatch):
+    import wandb
+
+    real_init, ids = wandb.init, []
+
+    def flaky_init(*args, **kwargs):
+        ids.append(kwargs["id"])
+        if len(ids) == 1:
+            raise RuntimeError("WandbServiceConnectionError: failed to connect to the service")
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", flaky_init)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = make_run(tmp_path, run_id="firsttry1")
+        run.log({"epoch": 0, "test_error": 2.5})
+        run.finish()
+    assert wandb_warnings(caught) == []
+    assert len(ids) == 2 and ids[0] == "firsttry1" and ids[1] != ids[0]
+    assert (run.mode, run.run_id) == ("offline", ids[1])
+    assert [r["test_error"] for r in tracking.read_offline_history(run.run_dir)] == [2.5]
 
 
 def test_failing_wandb_calls_warn_once_and_training_carries_on(tmp_path: Path):

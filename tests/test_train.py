@@ -136,3 +136,33 @@ def test_wandb_offline_run_holds_the_logged_metrics(small_config, config_file):
     for logged, row in zip(history, metrics, strict=True):
         for key in ("test_error", "train_error", "test_loss", "train_loss"):
             assert logged[key] == float(row[key]), (key, row["epoch"])
+
+
+def test_train_eval_subset_measures_train_error_on_a_fixed_subset_and_changes_nothing_else(
+        small_config, config_file, tmp_path):
+    from biocredit.config import resolve_run
+    from biocredit.figures import _load_final_net
+    from biocredit.train import evaluate, load_task, train_eval_indices
+
+    bp = method_with_rule(small_config, EXP, "backprop")
+    full = config_file(small_config, "full.yaml")
+    n = small_config["experiments"][EXP]["scales"]["smoke"]["train_subset"]
+    k = n // 4
+    small_config["experiments"][EXP]["scales"]["smoke"]["train_eval_subset"] = k
+    sub = config_file(small_config, "subset.yaml")
+    assert train(full, bp, 0, out=tmp_path / "full") == 0
+    assert train(sub, bp, 0, out=tmp_path / "sub") == 0
+    a, b = read_metrics(tmp_path / "full" / "metrics.csv"), read_metrics(tmp_path / "sub" / "metrics.csv")
+    # training and the test curve are untouched; only the logged train numbers are measured on k examples
+    assert [(r["test_error"], r["test_loss"]) for r in a] == [(r["test_error"], r["test_loss"]) for r in b]
+    assert [r["train_loss"] for r in a] != [r["train_loss"] for r in b]
+
+    idx = train_eval_indices(n, k, 0)
+    assert len(idx) == k == len(set(idx.tolist())) and int(idx.max()) < n
+    assert torch.equal(idx, train_eval_indices(n, k, 0)) and not torch.equal(idx, train_eval_indices(n, k, 1))
+    net, run_cfg = _load_final_net(tmp_path / "sub")
+    assert run_cfg["train_eval_subset"] == k
+    task = load_task(resolve_run(small_config, EXP, bp, 0), small_config["data"]["dir"], torch.device("cpu"))
+    on_subset = evaluate(net, task.x_train[idx], task.t_train[idx], task.labels_train[idx], run_cfg["loss"])
+    assert float(b[-1]["train_error"]) == pytest.approx(on_subset["error"])
+    assert float(b[-1]["train_loss"]) == pytest.approx(on_subset["loss"], rel=1e-5)

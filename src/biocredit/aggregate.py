@@ -50,8 +50,8 @@ def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
     keys = ["method", "epoch"] + (["examples_seen"] if "examples_seen" in curves.columns else [])
     metrics = [c for c in curves.columns if c not in ("seed", *keys)]
     g = curves.groupby(keys)[metrics]
-    out = (g.mean().add_suffix("_mean").join(g.std(ddof=1).add_suffix("_sd"))
-           .join(g.min().add_suffix("_min")).join(g.max().add_suffix("_max")).join(g.size().rename("n")))
+    out = pd.concat([g.mean().add_suffix("_mean"), g.std(ddof=1).add_suffix("_sd"), g.min().add_suffix("_min"),
+                     g.max().add_suffix("_max"), g.size().rename("n")], axis=1).copy()  # copy: one block
     return out.reset_index()
 
 

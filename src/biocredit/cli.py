@@ -14,8 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from biocredit.config import ConfigError, load_config, resolve_run, seeds
-from biocredit.data import DataError
+from biocredit.config import ConfigError, DataError, load_config, resolve_run, seeds
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -27,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a config key (dotted path, YAML value), e.g. --set device=cpu")
 
 
-def _load(args: argparse.Namespace) -> dict:
+def _load(args: argparse.Namespace, *, rules: bool = True) -> dict:
     overrides = {}
     for item in args.set:
         if "=" not in item:
@@ -39,7 +38,7 @@ def _load(args: argparse.Namespace) -> dict:
         overrides[k] = value
     if args.scale:
         overrides["scale"] = args.scale
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, rules=rules)
 
 
 def _short(commit: str) -> str:
@@ -60,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from biocredit import data
 
-    cfg = _load(args)
+    cfg = _load(args, rules=False)
     d = cfg.get("data", {})
     rec = data.prepare(args.dataset, Path(d.get("dir", "data")), data.resolve_mirror(d.get("mirror")),
                        download=d.get("download", True))
@@ -113,7 +112,7 @@ def _seed_list(text: str) -> list[int]:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from biocredit import aggregate
 
-    cfg = _load(args)
+    cfg = _load(args, rules=False)  # reads finished runs only: no rule registry, no torch
     exp = cfg["experiments"][args.experiment]
     dirs = [aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s)
             for m in exp["methods"] for s in seeds(cfg, args.experiment)]
@@ -139,7 +138,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from biocredit.aggregate import run_dir
     from biocredit.figures import plot_curves, plot_features, plot_receptive_fields, plot_reconstructions
 
-    cfg = _load(args)
+    cfg = _load(args, rules=False)
     exp = cfg["experiments"][args.experiment]
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
     stats = pd.read_csv(tables / f"{args.experiment}_curves.csv")
@@ -206,7 +205,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from biocredit.aggregate import to_markdown
     from biocredit.tracking import WandbRun, resolve_mode
 
-    cfg = _load(args)
+    cfg = _load(args, rules=False)
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
     names = [*cfg["experiments"], *cfg.get("analyses", {})]
     table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in names], ignore_index=True)

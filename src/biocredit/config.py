@@ -41,6 +41,13 @@ class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
+class DataError(RuntimeError):
+    """One-line, user-facing message naming the file/dataset and the fix (raised by biocredit.data)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
 def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -49,15 +56,19 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def validate(cfg: Mapping, source: str = "config.yaml") -> None:
-    """Raise ConfigError (one line) if ``cfg`` breaks the schema or the semantic checks."""
+def validate(cfg: Mapping, source: str = "config.yaml", *, rules: bool = True) -> None:
+    """Raise ConfigError (one line) if ``cfg`` breaks the schema or the semantic checks.
+
+    ``rules=False`` skips the learning-rule checks (rule names, their params): they import the rule registry,
+    hence torch (~1.3 s), which the stages that only read finished runs (aggregate, figures, compare) never
+    need; the config those stages read was checked in full by the Snakefile and by every training job."""
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.message))
     if errors:
         # The deepest error is the most specific one ("lr: -1 is less than the minimum"), not "not valid under any".
         err = max(errors, key=lambda e: len(e.absolute_path))
         raise ConfigError(f"{source}: {_key_path(err.absolute_path)}: {err.message.splitlines()[0]}")
-    check_semantics(cfg, source)
+    check_semantics(cfg, source, rules=rules)
 
 
 def _check_sizes(exp: Mapping, where: str, sizes: list[int]) -> None:
@@ -96,8 +107,20 @@ def _check_transmission(net: Mapping, where: str) -> None:
                               f"set hidden_activation: sigmoid (not {net['hidden_activation']})")
 
 
-def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
-    from biocredit.rules import RULES
+def _check_rule(RULES: Mapping, rule: str, method: Mapping, where: str) -> None:
+    if rule not in RULES:
+        raise ConfigError(f"{where}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}")
+    try:
+        RULES[rule].resolve_params(method.get("params", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
+        raise ConfigError(f"{where}.params: {why}") from None
+
+
+def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = True) -> None:
+    RULES = None
+    if rules:
+        from biocredit.rules import RULES
 
     for ename, exp in cfg["experiments"].items():
         where = f"{source}: experiments.{ename}"
@@ -109,15 +132,12 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
                 _check_sizes(exp, f"{where}.methods.{mname}", method["net"]["sizes"])
             if method.get("net"):
                 _check_transmission(deep_merge(exp["net"], method["net"]), f"{where}.methods.{mname}")
-            if rule not in RULES:
-                raise ConfigError(
-                    f"{where}.methods.{mname}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}"
-                )
-            try:
-                RULES[rule].resolve_params(method.get("params", {}))
-            except (KeyError, TypeError, ValueError) as e:
-                why = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) adds quotes
-                raise ConfigError(f"{where}.methods.{mname}.params: {why}") from None
+            if RULES is not None:
+                _check_rule(RULES, rule, method, f"{where}.methods.{mname}")
+        for sname, sc in exp["scales"].items():
+            if "train_eval_subset" in sc and exp["dataset"].startswith("synthetic_"):
+                raise ConfigError(f"{where}.scales.{sname}.train_eval_subset: only for image datasets; a synthetic "
+                                  "task's training set is small enough to evaluate whole (remove the key)")
         if "probe" in exp and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):
@@ -140,8 +160,10 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml") -> None:
                 )
 
 
-def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | None = None) -> dict:
-    """Read ``path``, apply ``overrides`` (``{'scale': 'smoke'}``, dotted keys allowed) and validate."""
+def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | None = None, *,
+                rules: bool = True) -> dict:
+    """Read ``path``, apply ``overrides`` (``{'scale': 'smoke'}``, dotted keys allowed) and validate
+    (``rules``: see :func:`validate`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found; pass --config PATH or run from the repository root")
@@ -153,7 +175,7 @@ def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | No
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for key, value in (overrides or {}).items():
         set_dotted(cfg, key, value)
-    validate(cfg, str(path))
+    validate(cfg, str(path), rules=rules)
     return cfg
 
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from biocredit.config import DataError  # defined beside ConfigError so the CLI can catch it without torch
+
 __all__ = [
     "DATASETS",
     "MIRROR_ENV",
@@ -41,13 +43,6 @@ __all__ = [
     "synthetic_linear_task",
     "synthetic_teacher_task",
 ]
-
-
-class DataError(RuntimeError):
-    """One-line, user-facing message naming the file/dataset and the fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10")

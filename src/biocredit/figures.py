@@ -6,14 +6,16 @@ import math
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 # One palette across figures; Lillicrap's figures draw BP in black and FA in green.
 DEFAULT_COLORS = {"backprop": "black", "feedback_alignment": "tab:green", "shallow": "tab:gray",
@@ -40,8 +42,8 @@ def save_figure(fig: plt.Figure, out_stem: Path, provenance: str = "") -> list[P
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
+    for p in paths:  # no creation date in the PDF: the same figure gives the same bytes (clean git diffs)
+        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
@@ -111,6 +113,8 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
 
     ``run_dirs`` maps method -> the run folder (seed 0) holding ``checkpoint.pt``.
     """
+    import torch
+
     from biocredit.nets import build_net
 
     n_units = fig_cfg.get("n_units", 100)
@@ -157,6 +161,8 @@ def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], ru
 
 def _load_final_net(run_dir: Path):
     """(final net, resolved run config) from a run folder's ``checkpoint.pt``."""
+    import torch
+
     from biocredit.nets import build_net
 
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -168,6 +174,8 @@ def _load_final_net(run_dir: Path):
 
 def _tile(ax, images: torch.Tensor, side: int, img: int, *, cmap: str = "gray", vmin: float = -3, vmax: float = 3) -> None:
     """Draw ``images`` (k × img·img) as a side × side mosaic with one-pixel gaps."""
+    import torch
+
     tiles = torch.full((side * (img + 1), side * (img + 1)), float("nan"))
     for k, im in enumerate(images):
         r, c = divmod(k, side)
@@ -181,6 +189,8 @@ def plot_reconstructions(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run
     """The first ``n_images`` test images (top row) and their reconstructions z = g(f(x)) by each method's
     final auto-encoder (one row per method, clean inputs), Lee et al. 2015 §3.5. Each row's label carries the
     method's reconstruction loss on these images (½‖z − x‖², mean over them)."""
+    import torch
+
     from biocredit import data as datasets
     from biocredit.train import preprocess, preprocess_stats
 
@@ -221,6 +231,8 @@ def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: 
     each method's change since its initialisation (rebuilt from the run's seed, as the trainer draws it) and,
     for an auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; the paper's
     auto-encoder ties them to the encoder's [recalled], ours are untied)."""
+    import torch
+
     from biocredit.nets import build_net
 
     n_units = fig_cfg.get("n_units", 100)

@@ -8,7 +8,9 @@ problem and saying that training carries on (offline, or without W&B), and then 
   W&B's service, which keeps the old id registered). The failure is remembered for the rest of the process,
   so later runs go straight to offline instead of paying the connection timeout again. Offline runs can be
   uploaded later with :func:`sync_offline_runs` (``wandb sync``).
-* If the offline start fails too, the :class:`WandbRun` becomes a no-op.
+* An offline start that fails is tried once more with a fresh id after ``OFFLINE_RETRY_PAUSE_S`` (W&B's
+  local service now and then refuses a start when many runs start at once); if that fails too, the
+  :class:`WandbRun` becomes a no-op.
 * ``disabled`` never imports ``wandb`` at all.
 * ``finish()`` returns once the offline run's transaction log is on disk (wandb's own ``run.finish()``
   returns a few ms before that), so the run folder can be read back straight away.
@@ -64,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Pause before the retry of a failed offline start (see WandbRun.__init__).
+OFFLINE_RETRY_PAUSE_S = 2.0
 
 #: Seconds ``wandb.init`` may take before we give up (wandb's default is 90; the environment variable
 #: WANDB_INIT_TIMEOUT overrides this). Only an online start can take this long (an unreachable server with an
@@ -273,7 +278,12 @@ class WandbRun:
                 )
                 self.mode = "offline"
         if self._run is None:
+            # One more try, with a fresh id, after a pause: W&B's local service now and then refuses a start
+            # (WandbServiceConnectionError) when many runs start at once, e.g. the 20 seeds of an ensemble job.
+            offline_ids.append(_new_run_id())
             for attempt, offline_id in enumerate(offline_ids, 1):
+                if attempt > 1:
+                    time.sleep(OFFLINE_RETRY_PAUSE_S)
                 try:
                     init_kwargs["id"] = offline_id
                     self._run = wandb.init(mode="offline", settings=self._settings(), **init_kwargs)

@@ -137,6 +137,13 @@ def load_task(run_cfg: Mapping[str, Any], data_dir: Path, device: torch.device) 
     return Task(xtr, ttr, xte, tte, ltr, lte, *valid, classes_train=ltr, classes_test=lte)
 
 
+def train_eval_indices(n: int, k: int, seed: int) -> Tensor:
+    """The ``k`` training examples (sorted indices out of ``n``) on which a run with ``train_eval_subset: k``
+    measures its logged train loss and error: a fixed random draw from the run's seed, independent of the
+    training stream."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 9_176_867 + 17))[:k].sort().values
+
+
 def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """The forward weights' optimiser; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only."""
     wd = train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "l2" else 0.0
@@ -407,13 +414,21 @@ def train(
     n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
     eval_every = tc.get("eval_every_examples")  # also evaluate inside epochs (synthetic tasks: "every N examples")
 
+    # The logged train loss/error: on every training example, or (scale setting train_eval_subset) on a fixed
+    # random subset of them, the same every epoch and on resume.
+    x_tr_eval, t_tr_eval, l_tr_eval = task.x_train, task.t_train, task.labels_train
+    if run_cfg.get("train_eval_subset") and run_cfg["train_eval_subset"] < n:
+        keep = train_eval_indices(n, run_cfg["train_eval_subset"], seed).to(dev)
+        x_tr_eval, t_tr_eval = task.x_train[keep], task.t_train[keep]
+        l_tr_eval = task.labels_train[keep] if task.labels_train is not None else None
+
     def eval_row(examples_seen: int, extra: Mapping[str, float]) -> dict[str, Any]:
         t0 = time.time()
         # Stochastic nets: evaluation draws from a stream of its own, fixed by (seed, examples seen), so it is the
         # same on resume and never shifts the training stream. The training error comes from ONE pass (as the
         # authors' scripts monitor it), the test and validation errors from the net's test_passes.
         eval_gen = torch.Generator().manual_seed((seed + 1) * 7_919_993 + examples_seen)
-        tr = evaluate(net, task.x_train, task.t_train, task.labels_train, run_cfg["loss"], eval_gen, passes=1)
+        tr = evaluate(net, x_tr_eval, t_tr_eval, l_tr_eval, run_cfg["loss"], eval_gen, passes=1)
         te = evaluate(net, task.x_test, task.t_test, task.labels_test, run_cfg["loss"], eval_gen)
         va = None
         if task.x_valid is not None:
