@@ -228,3 +228,63 @@ def test_our_sgd_takes_the_same_steps_as_torch_sgd():
             ref.step()
         assert torch.allclose(a, b, atol=1e-6), (momentum, wd)
         assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_optimiser_state_round_trips_through_torch_optimizers_format():
+    """Checkpoints hold ``opt.state_dict()``: ours has torch.optim's layout, so a checkpoint written by a
+    torch.optim.Optimizer subclass (earlier versions) resumes, and a resumed run steps as an unbroken one."""
+    from biocredit.optim import SGD, CenteredRMSpropInsideEps
+
+    class TorchSGD(torch.optim.Optimizer):  # what the optimiser used to be: torch's base, our update
+        def __init__(self, params, lr, momentum, weight_decay=0.0):
+            super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3) for _ in range(6)]
+    for make in (lambda ps: SGD([{"params": ps[:1], "weight_decay": 1e-3}, {"params": ps[1:]}], lr=0.1, momentum=0.9),
+                 lambda ps: CenteredRMSpropInsideEps([{"params": ps}], lr=0.01)):
+        whole = [torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.zeros(4, 3))]
+        opt = make(whole)
+        for g in grads:
+            for p in whole:
+                p.grad = g.clone()
+            opt.step()
+        part = [torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.zeros(4, 3))]
+        first = make(part)
+        for g in grads[:3]:
+            for p in part:
+                p.grad = g.clone()
+            first.step()
+        saved = first.state_dict()
+        assert set(saved) == {"state", "param_groups"} and sorted(saved["state"]) == [0, 1]
+        assert [g["params"] for g in saved["param_groups"]] in ([[0], [1]], [[0, 1]])
+        resumed = make(part)
+        resumed.load_state_dict(saved)
+        for g in grads[3:]:
+            for p in part:
+                p.grad = g.clone()
+            resumed.step()
+        assert all(torch.equal(a, b) for a, b in zip(whole, part, strict=True))
+        assert not torch.equal(whole[0], torch.ones(4, 3))
+
+    legacy = TorchSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    legacy.state[legacy.param_groups[0]["params"][0]]["v"] = torch.full((2,), 3.0)
+    ours = SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.5, momentum=0.0)
+    ours.load_state_dict(legacy.state_dict())
+    assert ours.param_groups[0]["lr"] == 0.1 and ours.param_groups[0]["momentum"] == 0.9
+    assert torch.equal(ours.state[ours.param_groups[0]["params"][0]]["v"], torch.full((2,), 3.0))
+    with pytest.raises(ValueError, match="parameter groups"):
+        SGD([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))], lr=0.1).load_state_dict(
+            legacy.state_dict())
+
+
+def test_building_an_optimiser_does_not_import_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom biocredit.optim import SGD, CenteredRMSpropInsideEps\n"
+            "p = torch.nn.Parameter(torch.zeros(3)); p.grad = torch.ones(3)\n"
+            "SGD([p], lr=0.1).step(); CenteredRMSpropInsideEps([p], lr=0.1).step()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

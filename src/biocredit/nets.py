@@ -145,6 +145,20 @@ class Forward:
         return self.h[i - 1] if self.s is None else self.s[i - 1]
 
 
+class ParameterList(nn.ParameterList):
+    """``nn.ParameterList`` whose ``[i]`` for an int is a dict lookup: the stock one goes through
+    ``_get_abs_string_index`` and ``Module.__getattr__`` (~4 µs), and a per-example step on the synthetic nets
+    indexes W and b a dozen times."""
+
+    def __getitem__(self, idx):
+        if type(idx) is int:
+            n = len(self)
+            if -n <= idx < n:
+                return self._parameters[str(idx % n)]
+            raise IndexError(f"index {idx} is out of range")
+        return super().__getitem__(idx)
+
+
 class MLP(nn.Module):
     """A fully connected stack ``sizes[0] - ... - sizes[-1]``."""
 
@@ -183,11 +197,11 @@ class MLP(nn.Module):
         self.input_noise = float(input_noise)
         self.test_passes = int(test_passes)
         self.generator = generator  # the run's: samples of stochastic units and input noise in training
-        self.W = nn.ParameterList(
+        self.W = ParameterList(
             nn.Parameter(init_tensor((n_out, n_in), init, generator)) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=False)
         )
         # Biases start at 0 (the DTP code; Lillicrap states none).
-        self.b = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes[1:]) if bias else None
+        self.b = ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes[1:]) if bias else None
 
     @property
     def n_layers(self) -> int:
@@ -288,6 +302,12 @@ class MLP(nn.Module):
             y_out.append(y)
         return torch.cat(a_out), torch.cat(y_out)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every gradient (W and b are all of the net's parameters); the same as nn.Module.zero_grad
+        without its generator walk over the module tree (~30 µs of a ~300 µs per-example step)."""
+        for p in [*self.W, *(self.b if self.b is not None else [])]:
+            p.grad = None
+
     def weight_and_bias(self, i: int) -> list[nn.Parameter]:
         return [self.W[i - 1]] + ([self.b[i - 1]] if self.b is not None else [])
 
@@ -296,9 +316,9 @@ class MLP(nn.Module):
         """One net holding S same-shaped nets: W_i of shape (S, out, in), b_i (S, out); inputs (S, batch, in)."""
         out = copy.deepcopy(nets[0])
         with torch.no_grad():
-            out.W = nn.ParameterList(nn.Parameter(torch.stack([n.W[i] for n in nets])) for i in range(len(out.W)))
+            out.W = ParameterList(nn.Parameter(torch.stack([n.W[i] for n in nets])) for i in range(len(out.W)))
             if out.b is not None:
-                out.b = nn.ParameterList(nn.Parameter(torch.stack([n.b[i] for n in nets])) for i in range(len(out.b)))
+                out.b = ParameterList(nn.Parameter(torch.stack([n.b[i] for n in nets])) for i in range(len(out.b)))
         return out
 
 

@@ -144,7 +144,7 @@ def train_eval_indices(n: int, k: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 9_176_867 + 17))[:k].sort().values
 
 
-def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> optim.Optimizer:
     """The forward weights' optimiser; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only."""
     wd = train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "l2" else 0.0
     groups = [{"params": list(net.W), "weight_decay": wd}]
@@ -285,7 +285,7 @@ def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wand
     return tracker
 
 
-def apply_update(net: MLP, opt: torch.optim.Optimizer, rule: LearningRule, decay: float | None) -> None:
+def apply_update(net: MLP, opt: optim.Optimizer, rule: LearningRule, decay: float | None) -> None:
     """After the rule wrote p.grad: the optimiser step, the decoupled weight decay W ← (1 − α) W where
     configured, and the rule's own after-step hook (e.g. a sparsity mask)."""
     opt.step()
