@@ -166,3 +166,36 @@ def test_train_eval_subset_measures_train_error_on_a_fixed_subset_and_changes_no
     on_subset = evaluate(net, task.x_train[idx], task.t_train[idx], task.labels_train[idx], run_cfg["loss"])
     assert float(b[-1]["train_error"]) == pytest.approx(on_subset["error"])
     assert float(b[-1]["train_loss"]) == pytest.approx(on_subset["loss"], rel=1e-5)
+
+
+def test_eval_every_epochs_writes_rows_every_kth_epoch_and_resumes_mid_window(small_config, config_file, tmp_path,
+                                                                               monkeypatch):
+    """Rows after epochs 3 and 4 (the last) only; each row's angles cover every epoch since the previous row;
+    a run stopped after epoch 1 (checkpointed, no row) resumes and ends as an uninterrupted one."""
+    import biocredit.train as train_module
+
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    small_config["experiments"][EXP]["scales"]["smoke"].update(epochs=4, eval_every_epochs=3)
+    path = config_file(small_config)
+    assert train(path, fa, 0, out=tmp_path / "whole") == 0
+    whole = read_metrics(tmp_path / "whole" / "metrics.csv")
+    assert [r["epoch"] for r in whole] == ["0", "3", "4"]
+    assert whole[1]["angle_dh_1"] != ""
+    assert float(read_metrics(tmp_path / "whole" / "metrics.csv", drop=())[1]["epoch_seconds"]) > 0
+
+    real_log = train_module._log
+
+    def stop_after_epoch_1(msg: str) -> None:
+        real_log(msg)
+        if "epoch 1/4" in msg:
+            raise KeyboardInterrupt("stopped for the test")
+
+    monkeypatch.setattr(train_module, "_log", stop_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(path, fa, 0, out=tmp_path / "stopped")
+    state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["status"] == "running" and [r["epoch"] for r in state["rows"]] == [0]
+    assert state["window"]["epochs"] == 1 and state["window"]["angle_sums"], "the window's angles were not saved"
+    monkeypatch.setattr(train_module, "_log", real_log)
+    assert train(path, fa, 0, out=tmp_path / "stopped") == 0
+    assert read_metrics(tmp_path / "stopped" / "metrics.csv") == whole

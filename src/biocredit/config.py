@@ -138,6 +138,9 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
             if "train_eval_subset" in sc and exp["dataset"].startswith("synthetic_"):
                 raise ConfigError(f"{where}.scales.{sname}.train_eval_subset: only for image datasets; a synthetic "
                                   "task's training set is small enough to evaluate whole (remove the key)")
+            if "eval_every_epochs" in sc and exp["dataset"].startswith("synthetic_"):
+                raise ConfigError(f"{where}.scales.{sname}.eval_every_epochs: only for image datasets; synthetic "
+                                  "tasks set their evaluation points with train.eval_every_examples")
         if "probe" in exp and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):

@@ -379,6 +379,9 @@ def train(
 
     rows: list[dict[str, Any]] = []
     start_epoch, wall_before, old_wandb_dir = 0, 0.0, None
+    # What the next metrics row summarises when rows are written every few epochs (scale setting
+    # eval_every_epochs): the angles measured and the training seconds of the epochs since the last row.
+    window: dict[str, Any] = {"angle_sums": {}, "seconds": 0.0, "epochs": 0}
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
@@ -389,6 +392,7 @@ def train(
             generator.set_state(state["generator"])
             rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
             old_wandb_dir = state.get("wandb_run_dir")
+            window = state.get("window") or window
             _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
@@ -408,11 +412,13 @@ def train(
             "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
             "generator": generator.get_state(), "wall_seconds": wall_before + time.time() - started,
             "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None, "run_config": dict(run_cfg),
+            "window": window,
         }
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
     eval_every = tc.get("eval_every_examples")  # also evaluate inside epochs (synthetic tasks: "every N examples")
+    eval_every_epochs = int(run_cfg.get("eval_every_epochs") or 1)  # rows after every k-th epoch and the last
 
     # The logged train loss/error: on every training example, or (scale setting train_eval_subset) on a fixed
     # random subset of them, the same every epoch and on resume.
@@ -453,7 +459,7 @@ def train(
                     yield task.x_train[perm[s : s + bs]], task.t_train[perm[s : s + bs]]
 
             extra = dict(rule.on_epoch_start(net, epoch, batches))
-            angle_sums: dict[str, list[float]] = {}
+            angle_sums: dict[str, list[float]] = window["angle_sums"]  # emptied by each row (window_angles)
             loss_acc = torch.zeros((), device=dev)
             seen = (epoch - 1) * n
             for k, s in enumerate(range(0, n, bs)):
@@ -480,7 +486,17 @@ def train(
                 _log(f"{tag} DIVERGED in epoch {epoch}: the training loss became {float(loss_acc)}; run stopped")
                 record(diverged_row(epoch, n, train_seconds))
                 break
-            row = eval_row(epoch * n, {**extra, **window_angles(angle_sums), "epoch_seconds": train_seconds})
+            window["seconds"] += train_seconds
+            window["epochs"] += 1
+            if epoch % eval_every_epochs and epoch != epochs:  # no row this epoch: the authors' scripts evaluate
+                checkpoint(epoch, "running")                    # every 10th epoch only
+                _log(f"{tag} epoch {epoch}/{epochs}  ({train_seconds:.1f} s train; evaluated every "
+                     f"{eval_every_epochs} epochs)")
+                continue
+            # epoch_seconds: the mean training time of the epochs this row covers (one, unless eval_every_epochs)
+            row = eval_row(epoch * n, {**extra, **window_angles(angle_sums),
+                                       "epoch_seconds": window["seconds"] / window["epochs"]})
+            window.update(seconds=0.0, epochs=0)
             record(row)
             checkpoint(epoch, "running")
             _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.4g}"
