@@ -401,3 +401,24 @@ second.log({{"epoch": 0, "test_error": 2.0}})
     assert len(runs) == 2
     by_name = {tracking.read_offline_run(r)["run"]["name"]: r for r in runs}
     assert [r["test_error"] for r in tracking.read_offline_history(by_name["second"])] == [2.0]
+
+
+def test_a_stale_service_address_in_the_environment_is_dropped_and_a_fresh_service_started(tmp_path, monkeypatch):
+    """wandb keeps its service's address in WANDB_SERVICE; an address left behind by a service that is gone
+    (torn down, killed, or restored by a test's monkeypatch) made every later start fail."""
+    from wandb.sdk.lib.service.service_token import UnixServiceToken
+
+    dead = UnixServiceToken(parent_pid=os.getpid(), path=str(tmp_path / "no-such-socket")).env_value
+    monkeypatch.setenv(tracking.SERVICE_ENV, dead)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = make_run(tmp_path)
+        run.log({"epoch": 0, "test_error": 1.25})
+        run.finish()
+    assert wandb_warnings(caught) == []
+    assert run.mode == "offline"
+    assert [r["test_error"] for r in tracking.read_offline_history(run.run_dir)] == [1.25]
+    live = os.environ.get(tracking.SERVICE_ENV)
+    assert live and live != dead
+    tracking.shutdown()
+    assert tracking.SERVICE_ENV not in os.environ, "shutdown left the stopped service's address behind"

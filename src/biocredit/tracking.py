@@ -8,9 +8,10 @@ problem and saying that training carries on (offline, or without W&B), and then 
   W&B's service, which keeps the old id registered). The failure is remembered for the rest of the process,
   so later runs go straight to offline instead of paying the connection timeout again. Offline runs can be
   uploaded later with :func:`sync_offline_runs` (``wandb sync``).
-* An offline start that fails is tried once more with a fresh id after ``OFFLINE_RETRY_PAUSE_S`` (W&B's
-  local service now and then refuses a start when many runs start at once); if that fails too, the
-  :class:`WandbRun` becomes a no-op.
+* An offline start that fails is tried once more with a fresh id after ``OFFLINE_RETRY_PAUSE_S``, without
+  the service address wandb keeps in ``WANDB_SERVICE`` when that service is unreachable (a service that was
+  torn down or died leaves its address behind, and every later start in the process failed); if the retry
+  fails too, the :class:`WandbRun` becomes a no-op. :func:`shutdown` removes its own service's address.
 * ``disabled`` never imports ``wandb`` at all.
 * ``finish()`` returns once the offline run's transaction log is on disk (wandb's own ``run.finish()``
   returns a few ms before that), so the run folder can be read back straight away.
@@ -278,8 +279,9 @@ class WandbRun:
                 )
                 self.mode = "offline"
         if self._run is None:
-            # One more try, with a fresh id, after a pause: W&B's local service now and then refuses a start
-            # (WandbServiceConnectionError) when many runs start at once, e.g. the 20 seeds of an ensemble job.
+            # One more try, with a fresh id, after a pause. The usual cause of a failed offline start is a W&B
+            # service that is gone while its address stays in WANDB_SERVICE (see _forget_dead_service): the
+            # retry then starts a fresh service.
             offline_ids.append(_new_run_id())
             for attempt, offline_id in enumerate(offline_ids, 1):
                 if attempt > 1:
@@ -289,6 +291,7 @@ class WandbRun:
                     self._run = wandb.init(mode="offline", settings=self._settings(), **init_kwargs)
                     break
                 except Exception as exc:  # noqa: BLE001
+                    _forget_dead_service(exc)
                     if attempt == len(offline_ids):
                         self._warn(
                             "offline", f"offline start failed ({_one_line(exc)}); carrying on without W&B"
@@ -465,6 +468,32 @@ def shutdown() -> None:
         sys.modules["wandb"].teardown()
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"W&B: teardown failed ({_one_line(exc)}); carrying on", WandbWarning, stacklevel=2)
+    token = os.environ.get(SERVICE_ENV, "")
+    if _token_pid(token) == os.getpid():  # our own service, stopped just now: its address must not outlive it
+        os.environ.pop(SERVICE_ENV, None)
+
+
+#: Where wandb keeps the address of its service process (inherited by child processes).
+SERVICE_ENV = "WANDB_SERVICE"
+
+
+def _token_pid(token: str) -> int | None:
+    """The pid of the process that started the service a WANDB_SERVICE value points to (``<version>-<pid>-...``)."""
+    parts = token.split("-")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
+def _forget_dead_service(exc: BaseException) -> None:
+    """After a failed connection to W&B's service, drop the service address wandb keeps in WANDB_SERVICE.
+
+    wandb writes the address into the environment when it starts its service and reads it back on every later
+    start; ``wandb.teardown()`` stops the service but leaves the address, and so does a service that died or
+    was killed, and a restored environment (a test's monkeypatch, a parent process's variables) can bring a
+    stale one back. Every start then fails with ``WandbServiceConnectionError``; without the address, the next
+    start launches a fresh service."""
+    if type(exc).__name__ == "WandbServiceConnectionError" and os.environ.pop(SERVICE_ENV, None):
+        log.info("W&B: dropped the address of an unreachable service (%s); the next start launches a new one",
+                 _one_line(exc))
 
 
 # ---------------------------------------------------------------------------------------------------------
