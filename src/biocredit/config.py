@@ -107,6 +107,13 @@ def _check_transmission(net: Mapping, where: str) -> None:
                               f"set hidden_activation: sigmoid (not {net['hidden_activation']})")
 
 
+#: Scale settings the trainer of image datasets reads and the synthetic tasks' ensemble trainer does not: why.
+IMAGE_ONLY_SCALE_KEYS = {
+    "train_eval_subset": "a synthetic task's training set is small enough to evaluate whole (remove the key)",
+    "eval_every_epochs": "synthetic tasks set their evaluation points with train.eval_every_examples",
+}
+
+
 def _check_rule(RULES: Mapping, rule: str, method: Mapping, where: str) -> None:
     if rule not in RULES:
         raise ConfigError(f"{where}.rule: unknown learning rule {rule!r}; known: {', '.join(sorted(RULES))}")
@@ -134,13 +141,11 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
                 _check_transmission(deep_merge(exp["net"], method["net"]), f"{where}.methods.{mname}")
             if RULES is not None:
                 _check_rule(RULES, rule, method, f"{where}.methods.{mname}")
-        for sname, sc in exp["scales"].items():
-            if "train_eval_subset" in sc and exp["dataset"].startswith("synthetic_"):
-                raise ConfigError(f"{where}.scales.{sname}.train_eval_subset: only for image datasets; a synthetic "
-                                  "task's training set is small enough to evaluate whole (remove the key)")
-            if "eval_every_epochs" in sc and exp["dataset"].startswith("synthetic_"):
-                raise ConfigError(f"{where}.scales.{sname}.eval_every_epochs: only for image datasets; synthetic "
-                                  "tasks set their evaluation points with train.eval_every_examples")
+        if exp["dataset"].startswith("synthetic_"):
+            for sname, sc in exp["scales"].items():
+                if bad := sorted(IMAGE_ONLY_SCALE_KEYS.keys() & sc.keys()):
+                    why = IMAGE_ONLY_SCALE_KEYS[bad[0]]
+                    raise ConfigError(f"{where}.scales.{sname}.{bad[0]}: only for image datasets; {why}")
         if "probe" in exp and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):

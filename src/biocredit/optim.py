@@ -30,11 +30,6 @@ class Optimizer:
         for g in groups:
             self.param_groups.append({**self.defaults, **g, "params": list(g["params"])})
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                p.grad = None
-
     def state_dict(self) -> dict[str, Any]:
         index: dict[int, int] = {}
         groups = []

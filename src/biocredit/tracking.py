@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 #: Pause before the retry of a failed offline start (see WandbRun.__init__).
 OFFLINE_RETRY_PAUSE_S = 2.0
 
+#: Where wandb keeps the address of its service process (inherited by child processes).
+SERVICE_ENV = "WANDB_SERVICE"
+
 #: Seconds ``wandb.init`` may take before we give up (wandb's default is 90; the environment variable
 #: WANDB_INIT_TIMEOUT overrides this). Only an online start can take this long (an unreachable server with an
 #: API key set); an offline start takes well under a second.
@@ -471,10 +474,6 @@ def shutdown() -> None:
     token = os.environ.get(SERVICE_ENV, "")
     if _token_pid(token) == os.getpid():  # our own service, stopped just now: its address must not outlive it
         os.environ.pop(SERVICE_ENV, None)
-
-
-#: Where wandb keeps the address of its service process (inherited by child processes).
-SERVICE_ENV = "WANDB_SERVICE"
 
 
 def _token_pid(token: str) -> int | None:
