@@ -9,7 +9,7 @@ same net measured in the same process, interleaved. Angle measurements and evalu
 (they are the same for every rule).
 
     python benchmarks/bench.py [--experiments a,b] [--steps 200] [--repeats 5] [--device cpu|cuda]
-    python benchmarks/bench.py --write   # also writes benchmarks/results.{md,json}
+    python benchmarks/bench.py --write   # also writes benchmarks/results.{md,json} (results_cuda.* with --device cuda)
     python benchmarks/bench.py --ensembles [--write]   # 20 seeds as one ensemble vs one seed (benchmarks/ensemble.py)
 """
 
@@ -112,6 +112,20 @@ def to_markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_numbers(rows: list[dict], machine: str, peak_rss_mb: float) -> dict:
+    """The results-file keys of a benchmark run: the worst FA/BP and DTP/BP ratios over the architectures."""
+    fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
+    dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
+    return {"machine": machine, "fa_over_bp": max(fa) if fa else None, "dtp_over_bp": max(dtp) if dtp else None,
+            "rows": rows, "peak_rss_mb": peak_rss_mb}
+
+
+def update_results(path: Path, new: dict) -> None:
+    """Merge ``new`` into the JSON results file at ``path`` (other keys, e.g. other benchmarks', are kept)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(old | new, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml")
@@ -140,17 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     md = to_markdown(rows, machine) + f"\nPeak RSS of this benchmark process: {peak_rss_mb:.0f} MB\n"
     print(md)
-    if args.write:
+    if args.write and device.type == "cuda":  # CUDA numbers go to their own files; the CPU ones stay
+        (HERE / "results_cuda.md").write_text("# Rule speed vs backprop, CUDA\n\nCommand: `python benchmarks/bench.py "
+                                              + " ".join(sys.argv[1:]) + "`\n\n" + md)
+        update_results(HERE / "results_cuda.json", summary_numbers(rows, machine, peak_rss_mb)
+                       | {"cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20})
+    elif args.write:
         old_md = (HERE / "results.md").read_text() if (HERE / "results.md").exists() else ""
         kept = old_md[old_md.index(ENSEMBLE_SECTION):] if ENSEMBLE_SECTION in old_md else ""  # ensemble.py's part
         (HERE / "results.md").write_text("# Rule speed vs backprop\n\nCommand: `python benchmarks/bench.py "
                                          + " ".join(sys.argv[1:]) + "`\n\n" + md + ("\n" + kept if kept else ""))
-        fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
-        dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
-        old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
-        old.update({"machine": machine, "fa_over_bp": max(fa) if fa else None, "dtp_over_bp": max(dtp) if dtp else None,
-                    "rows": rows, "peak_rss_mb": peak_rss_mb})
-        (HERE / "results.json").write_text(json.dumps(old, indent=2))
+        update_results(HERE / "results.json", summary_numbers(rows, machine, peak_rss_mb))
     return 0
 
 

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             "biotorch_epoch_seconds": statistics.median(t_bt) * per_epoch,
             "ratio_min": min(ratios), "ratio_max": max(ratios), "one_step_max_weight_diff": max_diff,
             "biotorch_version": metadata.version("biotorch"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": str(device), "machine": platform.processor() or platform.machine(),
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "machine": platform.processor() or platform.machine(),
         },
     }
     d = res["biotorch_detail"]
@@ -164,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
           f"Ratio ours / BioTorch: **{res['fa_over_biotorch']:.3f}** (per-repeat min {d['ratio_min']:.3f}, max {d['ratio_max']:.3f}). "
           f"After one step from the same state the weights agree to {max_diff:.1e}.\n")
     print(md)
-    if args.write:
-        path = HERE / "results.json"
+    if args.write:  # CUDA numbers go to their own files (results_cuda.json, biotorch_fa_cuda.md)
+        suffix = "_cuda" if device.type == "cuda" else ""
+        path = HERE / f"results{suffix}.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         old.update(res)
         path.write_text(json.dumps(old, indent=2) + "\n")
-        (HERE / "biotorch_fa.md").write_text(md)
+        (HERE / f"biotorch_fa{suffix}.md").write_text(md)
     return 0
 
 

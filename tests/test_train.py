@@ -65,6 +65,8 @@ def test_training_lowers_the_error_and_writes_provenance(small_config, config_fi
     prov = summary["provenance"]
     assert prov["n_train"] == cfg["experiments"][EXP]["scales"]["smoke"]["train_subset"]
     assert prov["device"] == "cpu" and prov["seed"] == 0 and prov["git_commit"] and prov["config_hash"]
+    # peak memory of the job: a process that imported torch and trained holds well over 50 MB; no CUDA here
+    assert summary["memory"]["peak_rss_mb"] > 50 and "cuda_peak_mb" not in summary["memory"]
 
 
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, config_file, cli_env, tmp_path):
@@ -130,6 +132,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(small_config, config_file):
     assert record["run"]["name"] == f"{EXP}-{fa}-seed0" and record["run"]["group"] == EXP
     assert record["config"]["provenance"]["config_hash"] == summary["provenance"]["config_hash"]
     assert record["exit_code"] == 0
+    assert record["summary"]["peak_rss_mb"] == summary["memory"]["peak_rss_mb"] > 0
     history = [r for r in read_offline_history(runs[0]) if "test_error" in r]
     metrics = read_metrics(folder / "metrics.csv")
     assert [int(r["epoch"]) for r in history] == [int(r["epoch"]) for r in metrics]

@@ -49,6 +49,7 @@ from biocredit.train import (
     make_optimizer,
     metrics_row,
     open_tracker,
+    peak_memory_mb,
     resolve_device,
     run_provenance,
     train,
@@ -285,7 +286,8 @@ def train_ensemble(
         state = final_state.get(s) or seed_state(s, rows[s][-1]["epoch"], status[s])
         state = {**state, "status": status[s], "rows": rows[s], "wall_seconds": wall}
         _atomic_write(out_dirs[s] / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
-    summaries = [finish_run(rc, d, r, st, da, wall, p, tr) for rc, d, r, st, da, p, tr in
+    memory = peak_memory_mb(dev)  # one process for every seed of the ensemble
+    summaries = [finish_run(rc, d, r, st, da, wall, p, tr, memory) for rc, d, r, st, da, p, tr in
                  zip(run_cfgs, out_dirs, rows, status, diverged_at, provenance, trackers, strict=True)]
     ckpt_path.unlink(missing_ok=True)
     return summaries

@@ -323,10 +323,22 @@ def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
     return out
 
 
+def peak_memory_mb(dev: torch.device) -> dict[str, float]:
+    """Peak memory of this process so far: resident set size (RSS), and on CUDA the peak of tensor memory
+    allocated on the run's device (``torch.cuda.max_memory_allocated``). In MB (2**20 bytes)."""
+    import resource
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if dev.type == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
+
+
 def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, Any]], status: str,
                diverged_at: int | None, wall_seconds: float, provenance: Mapping[str, Any],
-               tracker: WandbRun) -> dict[str, Any]:
-    """Write the run's summary.json and close its W&B run (after its final checkpoint is on disk)."""
+               tracker: WandbRun, memory: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Write the run's summary.json and close its W&B run (after its final checkpoint is on disk).
+    ``memory``: the process's peak memory (:func:`peak_memory_mb`), recorded as ``memory`` in both."""
     last = rows[-1]
     finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
     summary = {
@@ -336,13 +348,14 @@ def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, A
         "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
         "wall_seconds": wall_seconds,
+        "memory": dict(memory or {}),
         "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "run_config": dict(run_cfg),
         "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None,
     }
     tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
                      "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"],
-                     **{k: v for k, v in last.items() if k.startswith("probe_")}})
+                     **summary["memory"], **{k: v for k, v in last.items() if k.startswith("probe_")}})
     tracker.finish(exit_code=0)
     _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
     return summary
@@ -522,4 +535,4 @@ def train(
 
     checkpoint(rows[-1]["epoch"], status)
     return finish_run(run_cfg, out_dir, rows, status, diverged_at, wall_before + time.time() - started, provenance,
-                      tracker)
+                      tracker, peak_memory_mb(dev))
