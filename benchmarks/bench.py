@@ -29,6 +29,7 @@ import torch
 from biocredit.config import load_config, resolve_run
 from biocredit.nets import build_net
 from biocredit.rules import RULES
+from biocredit.rules.backprop import backprop_explicit
 from biocredit.train import make_optimizer, resolve_device
 
 HERE = Path(__file__).resolve().parent
@@ -36,10 +37,22 @@ N_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 ENSEMBLE_SECTION = "## Seed ensembles (issue #6)"  # written by benchmarks/ensemble.py, kept by --write
 
 
+class ExplicitBackprop(RULES["backprop"]):
+    """Backprop by the explicit algebra FA uses (δ_i = (W_{i+1}ᵀ δ_{i+1}) ∘ f'(a_i); ``backprop_explicit``,
+    tested equal to autograd), for the floor comparison: FA does the same products with B in place of Wᵀ.
+    The project's ``backprop`` rule uses autograd, the independent reference, which costs more per step."""
+
+    def compute_grads(self, net, x, target):
+        grads, _, _ = backprop_explicit(net, x, target, self.loss, self.reduction)
+        for p, g in zip(net.parameters(), grads, strict=False):
+            p.grad = g
+
+
 def make_rule(run_cfg: dict, device: torch.device):
     g = torch.Generator().manual_seed(0)
     net = build_net(run_cfg["net"], g).to(device)
-    rule = RULES[run_cfg["rule"]](net, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], g)
+    cls = ExplicitBackprop if run_cfg["rule"] == "backprop_explicit" else RULES[run_cfg["rule"]]
+    rule = cls(net, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], g)
     return net, rule, make_optimizer(net, run_cfg["train"])
 
 
@@ -84,39 +97,56 @@ def bench_experiment(cfg: dict, name: str, steps: int, repeats: int, device: tor
             batches = [(x, torch.nn.functional.one_hot(t.argmax(1), sizes[-1]).float()) for x, t in batches]
         run_rule = epoch_seconds(rc, steps, device, batches)
         run_bp = epoch_seconds({**rc_ref, "rule": "backprop", "params": {}}, steps, device, batches)
-        t_rule, t_bp = [], []
+        fa_like = rc["rule"] == "feedback_alignment"  # also against BP by the same explicit algebra
+        run_bpx = epoch_seconds({**rc_ref, "rule": "backprop_explicit", "params": {}}, steps, device, batches) \
+            if fa_like else None
+        t_rule, t_bp, t_bpx = [], [], []
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
             t_rule.append(run_rule())
             t_bp.append(run_bp())
+            if run_bpx:
+                t_bpx.append(run_bpx())
         med, med_bp = statistics.median(t_rule), statistics.median(t_bp)
         ratios = [a / b for a, b in zip(t_rule, t_bp, strict=True)]
+        ratios_x = [a / b for a, b in zip(t_rule, t_bpx, strict=True)] if t_bpx else []
         rows.append({
             "experiment": name, "method": m, "rule": rc["rule"], "net": "-".join(map(str, sizes)),
             "batch_size": bs, "samples_per_s": steps * bs / med,
             "epoch_seconds": med * n_train / (steps * bs), "bp_epoch_seconds": med_bp * n_train / (steps * bs),
             "over_bp": med / med_bp, "over_bp_min": min(ratios), "over_bp_max": max(ratios),
             "spread_pct": 100 * (max(t_rule) - min(t_rule)) / med,
+            "over_bp_explicit": statistics.median(ratios_x) if ratios_x else None,
+            "over_bp_explicit_min": min(ratios_x) if ratios_x else None,
+            "over_bp_explicit_max": max(ratios_x) if ratios_x else None,
         })
         print(f"{name:20s} {m:18s} {rows[-1]['samples_per_s']:10.0f} samples/s  "
-              f"{rows[-1]['epoch_seconds']:8.2f} s/epoch  x{rows[-1]['over_bp']:.2f} BP", flush=True)
+              f"{rows[-1]['epoch_seconds']:8.2f} s/epoch  x{rows[-1]['over_bp']:.2f} BP"
+              + (f"  x{rows[-1]['over_bp_explicit']:.2f} explicit BP" if ratios_x else ""), flush=True)
     return rows
 
 
 def to_markdown(rows: list[dict], machine: str) -> str:
-    head = "| experiment | method | net | batch | samples/s | s/epoch | BP s/epoch | rule / BP (min–max) | spread |"
-    lines = [f"Machine: {machine}\n", head, "|" + "---|" * 9]
+    head = ("| experiment | method | net | batch | samples/s | s/epoch | BP s/epoch | rule / BP (min–max) | spread "
+            "| FA / explicit BP (min–max) |")
+    lines = [f"Machine: {machine}\n", "BP: the project's backprop rule (autograd). Explicit BP: the same gradients by the "
+             "explicit algebra FA uses (Wᵀ in place of B), the floor FA is held to; measured for FA rows only.\n",
+             head, "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| {r['experiment']} | {r['method']} | {r['net']} | {r['batch_size']} | {r['samples_per_s']:.0f} "
                      f"| {r['epoch_seconds']:.2f} | {r['bp_epoch_seconds']:.2f} | {r['over_bp']:.2f} "
-                     f"({r['over_bp_min']:.2f}–{r['over_bp_max']:.2f}) | {r['spread_pct']:.0f} % |")
+                     f"({r['over_bp_min']:.2f}–{r['over_bp_max']:.2f}) | {r['spread_pct']:.0f} % | "
+                     + (f"{r['over_bp_explicit']:.2f} ({r['over_bp_explicit_min']:.2f}–{r['over_bp_explicit_max']:.2f}) |"
+                        if r.get("over_bp_explicit") else "|"))
     return "\n".join(lines) + "\n"
 
 
 def summary_numbers(rows: list[dict], machine: str, peak_rss_mb: float) -> dict:
     """The results-file keys of a benchmark run: the worst FA/BP and DTP/BP ratios over the architectures."""
     fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
+    fax = [r["over_bp_explicit"] for r in rows if r.get("over_bp_explicit")]
     dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
     return {"machine": machine, "fa_over_bp": max(fa) if fa else None, "dtp_over_bp": max(dtp) if dtp else None,
+            "fa_over_bp_explicit": max(fax) if fax else None,
             "rows": rows, "peak_rss_mb": peak_rss_mb}
 
 

@@ -65,6 +65,11 @@ job() {  # experiment method seed-spec epochs [extra --set ...]
     || say "FAILED: $e $m (see log.txt)"
 }
 
+if stage 3 || stage 4; then  # the training jobs read prepared data (as after the Snakemake data rule)
+  "$PY" -m biocredit prepare-data mnist 2>&1 | tee -a "$LOG"
+  [ -e "${BIOCREDIT_DATA_MIRROR:-/nonexistent}/cifar-10-batches-py/data_batch_1" ] && "$PY" -m biocredit prepare-data cifar10 2>&1 | tee -a "$LOG"
+fi
+
 if stage 3; then
 say "3. paper-setting jobs, $EPOCHS epochs each (synthetic tasks: all seeds as one ensemble, 1 pass)"
 for m in fa bp shallow sparse_fa; do job lillicrap_mnist $m "--seed 0" "$EPOCHS"; done
@@ -91,7 +96,7 @@ for k in $PACK; do
   for s in $(seq 1 "$k"); do
     "$PY" -m biocredit train --scale paper --experiment lillicrap_mnist --method fa --seed "$s" \
       --out "$OUT/jobs/packed$k-fa-seed$s" --set device="$DEVICE" --set experiments.lillicrap_mnist.scales.paper.epochs=1 \
-      >>"$LOG" 2>&1 &
+      >>"$LOG" 2>&1 || echo "FAILED: packed job seed $s" | tee -a "$LOG" &
   done
   wait
   echo "packed $k jobs: $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$LOG"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from biocredit.nets import MLP
 from biocredit.rules import RULES, LearningRule
-from biocredit.train import make_optimizer
+from biocredit.train import apply_update, make_optimizer
 
 SIZES = [784, 50, 30, 10]
 # (hidden activation, output activation, loss, reduction)
@@ -154,7 +154,15 @@ def test_shallow_trains_only_the_output_layer():
             assert torch.equal(p.detach(), before[name]), f"hidden parameter {name} changed"
 
 
-def test_sparse_feedback_alignment_keeps_its_zeros_under_weight_decay_and_momentum():
+SPARSE_OPTIMISERS = {  # every optimiser and weight-decay form a run can use
+    "sgd_momentum_l2": {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-2, "weight_decay_mode": "l2", "momentum": 0.9},
+    "sgd_decoupled": {"optimizer": "sgd", "lr": 0.2, "weight_decay": 1e-2, "weight_decay_mode": "decoupled"},
+    "rmsprop_dtp_l2": {"optimizer": "rmsprop_dtp", "lr": 1e-3, "weight_decay": 1e-2, "weight_decay_mode": "l2"},
+}
+
+
+@pytest.mark.parametrize("train_cfg", SPARSE_OPTIMISERS.values(), ids=SPARSE_OPTIMISERS.keys())
+def test_sparse_feedback_alignment_keeps_its_zeros_under_every_optimiser_and_weight_decay(train_cfg):
     net = make_net(sizes=[784, 100, 50, 10])
     fa = make_rule("feedback_alignment", net, params={"weight_sparsity": 0.5, "feedback_sparsity": 0.5})
     zero_W = [W.detach() == 0 for W in net.W]
@@ -165,9 +173,12 @@ def test_sparse_feedback_alignment_keeps_its_zeros_under_weight_decay_and_moment
     for B in fa.B[2:]:
         assert 0.42 < float((B == 0).double().mean()) < 0.58  # B_3 has only 500 elements
 
-    opt = optimizer(net, lr=0.2, weight_decay=1e-2, momentum=0.9)
-    for k in range(8):
-        sgd_step(fa, net, *minibatch(seed=30 + k), opt)
+    opt = make_optimizer(net, train_cfg)
+    decay = 1 - train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "decoupled" else None
+    for k in range(8):  # exactly as the trainer steps (train.apply_update)
+        net.zero_grad(set_to_none=True)
+        fa.compute_grads(net, *minibatch(seed=30 + k))
+        apply_update(net, opt, fa, decay)
 
     for i, (W, mask, W_init) in enumerate(zip(net.W, zero_W, W0, strict=True), 1):
         W = W.detach()

@@ -59,11 +59,10 @@ class FeedbackAlignment(LearningRule):
                 W.grad.mul_(m)
         return StepResult(loss=loss, output=fwd.h[-1], delta_h=delta_h)
 
-    @torch.no_grad()
-    def after_step(self, net: MLP) -> None:
-        if self.masks is not None:  # weight decay or momentum must not regrow a removed synapse
-            for W, m in zip(net.W, self.masks, strict=False):
-                W.mul_(m)
+    # No after-step re-masking of W: a removed synapse gets a zero gradient (above) and starts at zero, and every
+    # optimiser and weight decay of this project maps (W = 0, grad = 0) to W = 0 exactly (SGD with or without
+    # momentum and L2, the decoupled decay W <- (1 - alpha) W, the centred RMSprop: 0 / sqrt(eps) = 0), so the
+    # zeros stay without a second pass over every W per step (tests/test_rules.py checks each optimiser).
 
     def state_dict(self) -> dict[str, Any]:
         return {"B": self.B, "masks": self.masks}
