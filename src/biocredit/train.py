@@ -8,6 +8,7 @@ the run and records it as ``diverged`` (exit code 0: the rest of the workflow go
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -195,7 +196,10 @@ def evaluate_regression(net: MLP, x: Tensor, t: Tensor, spread: Tensor | None = 
     return [{"loss": total / n, "error": e} for total, e in zip(totals or [], err, strict=True)]
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files), once per process: an
+    ensemble job asks for every seed's provenance, and each ask is two ``git`` subprocesses."""
     try:
         root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
