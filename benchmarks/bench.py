@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from biocredit.config import load_config, resolve_run
 from biocredit.nets import build_net
 from biocredit.rules import RULES
 from biocredit.rules.backprop import backprop_explicit
-from biocredit.train import make_optimizer, resolve_device
+from biocredit.train import make_optimizer, peak_memory_mb, resolve_device
 
 HERE = Path(__file__).resolve().parent
 N_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
@@ -140,14 +139,14 @@ def to_markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_numbers(rows: list[dict], machine: str, peak_rss_mb: float) -> dict:
+def summary_numbers(rows: list[dict], machine: str, memory: dict) -> dict:
     """The results-file keys of a benchmark run: the worst FA/BP and DTP/BP ratios over the architectures."""
     fa = [r["over_bp"] for r in rows if r["rule"] == "feedback_alignment"]
     fax = [r["over_bp_explicit"] for r in rows if r.get("over_bp_explicit")]
     dtp = [r["over_bp"] for r in rows if r["rule"] == "difference_target_prop"]
     return {"machine": machine, "fa_over_bp": max(fa) if fa else None, "dtp_over_bp": max(dtp) if dtp else None,
             "fa_over_bp_explicit": max(fax) if fax else None,
-            "rows": rows, "peak_rss_mb": peak_rss_mb}
+            "rows": rows, **memory}
 
 
 def update_results(path: Path, new: dict) -> None:
@@ -181,20 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for n in names for r in bench_experiment(cfg, n, args.steps, args.repeats, device)]
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    md = to_markdown(rows, machine) + f"\nPeak RSS of this benchmark process: {peak_rss_mb:.0f} MB\n"
+    memory = peak_memory_mb(device)  # peak_rss_mb, and cuda_peak_mb on a GPU
+    md = to_markdown(rows, machine) + f"\nPeak RSS of this benchmark process: {memory['peak_rss_mb']:.0f} MB\n"
     print(md)
     if args.write and device.type == "cuda":  # CUDA numbers go to their own files; the CPU ones stay
         (HERE / "results_cuda.md").write_text("# Rule speed vs backprop, CUDA\n\nCommand: `python benchmarks/bench.py "
                                               + " ".join(sys.argv[1:]) + "`\n\n" + md)
-        update_results(HERE / "results_cuda.json", summary_numbers(rows, machine, peak_rss_mb)
-                       | {"cuda_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20})
+        update_results(HERE / "results_cuda.json", summary_numbers(rows, machine, memory))
     elif args.write:
         old_md = (HERE / "results.md").read_text() if (HERE / "results.md").exists() else ""
         kept = old_md[old_md.index(ENSEMBLE_SECTION):] if ENSEMBLE_SECTION in old_md else ""  # ensemble.py's part
         (HERE / "results.md").write_text("# Rule speed vs backprop\n\nCommand: `python benchmarks/bench.py "
                                          + " ".join(sys.argv[1:]) + "`\n\n" + md + ("\n" + kept if kept else ""))
-        update_results(HERE / "results.json", summary_numbers(rows, machine, peak_rss_mb))
+        update_results(HERE / "results.json", summary_numbers(rows, machine, memory))
     return 0
 
 

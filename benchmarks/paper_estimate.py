@@ -77,8 +77,6 @@ def collect(dirs: list[Path], cpu_dirs: list[Path]) -> dict:
             elif mp := PACK_LINE.match(line.strip()):
                 k = int(mp[1])
                 names = [f"packed{k}-fa-seed{s}" for s in range(1, k + 1)]
-                if not (d / "jobs" / names[0]).exists() and k == 4:
-                    names = [f"packed-fa-seed{s}" for s in range(1, 5)]  # the first run's folder names
                 if all((d / "jobs" / n / "summary.json").exists() for n in names):  # every job finished
                     packing[k] = int(mp[2]) / 1000
         for name, seconds in whole.items():
