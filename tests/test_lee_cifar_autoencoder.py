@@ -15,12 +15,13 @@ from conftest import MIRROR, REPO_CONFIG, one_line
 from biocredit import data as datasets
 from biocredit.aggregate import claim_verdict
 from biocredit.config import ConfigError, resolve_run, validate
+from biocredit.losses import loss_value
 from biocredit.nets import MLP
 from biocredit.probe import run_probe
 from biocredit.rules import RULES
 from biocredit.rules.backprop import backprop_grads
 from biocredit.rules.dtp_autoencoder import autoencoder_hidden_target
-from biocredit.train import Task, load_task, make_optimizer, preprocess, preprocess_stats
+from biocredit.train import Task, apply_update, load_task, make_optimizer, preprocess, preprocess_stats
 
 RAW = yaml.safe_load(REPO_CONFIG.read_text())
 CIFAR_EXP, AE_EXP = "lee_dtp_cifar10", "lee_dtp_autoencoder"
@@ -93,9 +94,9 @@ def test_cifar10_arrays_have_the_expected_shape_and_range(tmp_path):
 
 
 # --- the auto-encoder's DTP rule --------------------------------------------------------------------------------
-def autoencoder(seed: int = 0, sizes=(16, 12, 16)) -> MLP:
+def autoencoder(seed: int = 0, sizes=(16, 12, 16), tied: bool = False) -> MLP:
     return MLP(list(sizes), "tanh", "sigmoid", init={"distribution": "orthogonal", "scale": 1.0},
-               generator=torch.Generator().manual_seed(seed))
+               generator=torch.Generator().manual_seed(seed), tied=tied)
 
 
 def test_with_a_perfect_reconstruction_the_hidden_target_is_the_code_itself():
@@ -137,6 +138,74 @@ def test_autoencoder_rule_refuses_a_net_that_is_not_an_autoencoder():
     with pytest.raises(ValueError, match="auto-encoder"):
         RULES["difference_target_prop_autoencoder"](autoencoder(sizes=(16, 12, 10)), {}, "squared_error", "mean",
                                                     torch.Generator().manual_seed(0))
+
+
+# --- tied weights (W_2 = W_1ᵀ, the paper's auto-encoder [recalled]) --------------------------------------------
+RMSPROP = {"optimizer": "rmsprop_dtp", "lr": 1e-2, "weight_decay": 0.0, "weight_decay_mode": "l2"}
+
+
+def test_a_tied_autoencoder_starts_as_the_untied_one_with_its_decoder_set_to_the_encoder_transposed():
+    tied, untied = autoencoder(tied=True), autoencoder(tied=False)
+    assert torch.equal(tied.W[0], untied.W[0])  # the same draws: the tie does not shift the generator's stream
+    assert not torch.equal(untied.W[1], untied.W[0].mT)
+    assert torch.equal(tied.W[1], tied.W[0].mT)
+    with pytest.raises(ValueError, match="tied"):
+        autoencoder(sizes=(16, 12, 10), tied=True)
+
+
+@pytest.mark.parametrize("rule_name", ["difference_target_prop_autoencoder", "backprop"])
+def test_a_tied_autoencoder_stays_exactly_tied_and_learns(rule_name):
+    net = autoencoder(tied=True)
+    rule = RULES[rule_name](net, {}, "squared_error", "mean", torch.Generator().manual_seed(0))
+    opt = make_optimizer(net, RMSPROP)
+    x = torch.rand(32, 16, generator=torch.Generator().manual_seed(3))
+    W1_before, losses = net.W[0].detach().clone(), []
+    for _ in range(30):
+        net.zero_grad(set_to_none=True)
+        losses.append(float(rule.compute_grads(net, x, x).loss))
+        apply_update(net, opt, rule, None)
+        assert torch.equal(net.W[1], net.W[0].mT)
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert not torch.equal(net.W[0], W1_before)
+
+
+def test_the_tied_gradient_is_the_gradient_of_one_shared_weight():
+    """Backprop on a tied net after tie_gradients: dL/dW of L(σ(Wᵀ tanh(W x + b₁) + b₂)) for ONE weight W."""
+    net = autoencoder(tied=True)
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(4))
+    net.zero_grad(set_to_none=True)
+    RULES["backprop"](net, {}, "squared_error", "mean", torch.Generator().manual_seed(0)).compute_grads(net, x, x)
+    untied_W1 = net.W[0].grad.clone()
+    net.tie_gradients()
+    W = net.W[0].detach().clone().requires_grad_(True)
+    b1, b2 = net.b[0].detach(), net.b[1].detach()
+    a = torch.tanh(x @ W.mT + b1) @ W + b2
+    (want,) = torch.autograd.grad(loss_value("squared_error", a, torch.sigmoid(a), x, "mean"), W)
+    torch.testing.assert_close(net.W[0].grad, want)
+    torch.testing.assert_close(net.W[1].grad, want.mT)
+    assert not torch.allclose(untied_W1, want)  # the decoder's share is not negligible
+
+
+def test_tie_gradients_leaves_an_untied_net_alone():
+    net = autoencoder(tied=False)
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(4))
+    RULES["backprop"](net, {}, "squared_error", "mean", torch.Generator().manual_seed(0)).compute_grads(net, x, x)
+    grads = [p.grad.clone() for p in net.W]
+    net.tie_gradients()
+    net.retie()
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.W, grads, strict=True))
+    assert not torch.equal(net.W[1], net.W[0].mT)
+
+
+def test_shallow_learning_refuses_a_tied_net():
+    with pytest.raises(ValueError, match="tied"):
+        RULES["shallow"](autoencoder(tied=True), {}, "squared_error", "mean", torch.Generator().manual_seed(0))
+
+
+def test_the_autoencoder_experiment_ties_dtp_and_bp_but_not_the_fixed_random_encoder():
+    assert resolve_run(RAW, AE_EXP, "dtp", 0, "quick")["net"]["tied"] is True
+    assert resolve_run(RAW, AE_EXP, "bp", 0, "quick")["net"]["tied"] is True
+    assert resolve_run(RAW, AE_EXP, "shallow", 0, "quick")["net"]["tied"] is False
 
 
 # --- the linear probe -------------------------------------------------------------------------------------------
@@ -191,6 +260,9 @@ def bad(path: str, value) -> dict:
     (f"experiments.{AE_EXP}.probe.epochs", 0, f"experiments.{AE_EXP}.probe.epochs"),
     (f"experiments.{AE_EXP}.train.input_noise", -0.3, f"experiments.{AE_EXP}.train.input_noise"),
     (f"experiments.{AE_EXP}.net.sizes", [784, 1000, 10], f"experiments.{AE_EXP}.net.sizes"),
+    (f"experiments.{AE_EXP}.net.tied", "yes", f"experiments.{AE_EXP}.net.tied"),
+    ("experiments.lee_dtp_mnist.net.tied", True, "experiments.lee_dtp_mnist.net.tied"),
+    (f"experiments.{AE_EXP}.methods.shallow.net", {"tied": True}, f"experiments.{AE_EXP}.methods.shallow"),
 ])
 def test_config_rejects_a_bad_new_key_with_one_line(path, value, names):
     with pytest.raises(ConfigError) as err:
@@ -204,6 +276,7 @@ def test_new_keys_reach_the_run_config_and_leave_older_experiments_hashes_alone(
     assert run["train"]["input_noise"] > 0
     old = resolve_run(RAW, "lee_dtp_mnist", "dtp", 0, "quick")
     assert "target" not in old and "probe" not in old and "input_noise" not in old["train"]
+    assert "tied" not in old["net"]
     assert resolve_run(RAW, CIFAR_EXP, "dtp", 0, "quick")["preprocess"] == "standardize"
 
 

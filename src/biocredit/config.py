@@ -95,6 +95,14 @@ def _check_sizes(exp: Mapping, where: str, sizes: list[int]) -> None:
         raise ConfigError(f"{where}.net.sizes: last size {sizes[-1]} must be the {N_CLASSES[dataset]} classes")
 
 
+def _check_tied(net: Mapping, where: str) -> None:
+    """Tied weights (W_2 = W_1ᵀ) need an auto-encoder's shape [n, n_hidden, n]."""
+    sizes = net["sizes"]
+    if net.get("tied") and (len(sizes) != 3 or sizes[0] != sizes[2]):
+        raise ConfigError(f"{where}.net.tied: weight tying needs an auto-encoder's sizes [n, n_hidden, n], not {sizes}; "
+                          "set tied: false")
+
+
 def _check_transmission(net: Mapping, where: str) -> None:
     """One entry per hidden layer in every transmission list; sampled units need probabilities (sigmoid)."""
     n_hidden = len(net["sizes"]) - 2
@@ -137,8 +145,13 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
             rule = method["rule"]
             if "sizes" in method.get("net", {}):
                 _check_sizes(exp, f"{where}.methods.{mname}", method["net"]["sizes"])
+            net = deep_merge(exp["net"], method.get("net", {}))
             if method.get("net"):
-                _check_transmission(deep_merge(exp["net"], method["net"]), f"{where}.methods.{mname}")
+                _check_transmission(net, f"{where}.methods.{mname}")
+            _check_tied(net, f"{where}.methods.{mname}" if "tied" in method.get("net", {}) else where)
+            if rule == "shallow" and net.get("tied"):
+                raise ConfigError(f"{where}.methods.{mname}: shallow learning keeps the hidden layer fixed, but a tied "
+                                  "decoder would move it; give this method net: {tied: false}")
             if RULES is not None:
                 _check_rule(RULES, rule, method, f"{where}.methods.{mname}")
         if exp["dataset"].startswith("synthetic_"):

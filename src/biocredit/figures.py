@@ -229,8 +229,8 @@ def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: 
     """The features (filters) an auto-encoder learned: the incoming weights W₁ of ``n_units`` random hidden
     units (the same units in every panel, seed 0) as images, one column per method, per-unit contrast; below,
     each method's change since its initialisation (rebuilt from the run's seed, as the trainer draws it) and,
-    for an auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; the paper's
-    auto-encoder ties them to the encoder's [recalled], ours are untied)."""
+    for an untied auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; a tied
+    one's are the encoder's, W₂ = W₁ᵀ, and are not drawn twice)."""
     import torch
 
     from biocredit.nets import build_net
@@ -244,7 +244,7 @@ def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: 
         label = exp["methods"][mname].get("label", mname)
         shown = [(f"{label}: encoder W₁", net.W[0].detach()),
                  (f"{label}: encoder, change since initialisation", net.W[0].detach() - init)]
-        if net.n_layers == 2 and net.sizes[-1] == net.sizes[0]:  # an auto-encoder: its decoder's filters too
+        if net.n_layers == 2 and net.sizes[-1] == net.sizes[0] and not net.tied:  # untied: the decoder's too
             shown.append((f"{label}: decoder W₂ᵀ (columns of W₂)", net.W[1].detach().T))
         panels.append(shown)
     n_hidden, n_in = panels[0][0][1].shape

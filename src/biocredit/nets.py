@@ -176,6 +176,7 @@ class MLP(nn.Module):
         transmission_gradient: str = "zero",
         input_noise: float = 0.0,
         test_passes: int = 1,
+        tied: bool = False,
     ) -> None:
         super().__init__()
         init = init or {"distribution": "uniform", "scale": 0.05}
@@ -202,6 +203,16 @@ class MLP(nn.Module):
         )
         # Biases start at 0 (the DTP code; Lillicrap states none).
         self.b = ParameterList(nn.Parameter(torch.zeros(n)) for n in sizes[1:]) if bias else None
+        # A tied auto-encoder [n, n_h, n]: the decoder's weights are the encoder's transposed, W_2 ≡ W_1ᵀ (Lee et
+        # al. 2015, §3.5 [recalled]). W_2 stays a parameter of its own (every rule and metric sees a plain two-layer
+        # net); it is drawn as usual, so the generator's stream is that of the untied net, and then set to W_1ᵀ.
+        # :meth:`tie_gradients` and :meth:`retie` keep it so through training.
+        self.tied = bool(tied)
+        if self.tied:
+            if len(sizes) != 3 or sizes[0] != sizes[2]:
+                raise ValueError(f"tied: weight tying is for an auto-encoder [n, n_hidden, n], not sizes {list(sizes)}")
+            with torch.no_grad():
+                self.W[1].copy_(self.W[0].mT)
 
     @property
     def n_layers(self) -> int:
@@ -308,6 +319,27 @@ class MLP(nn.Module):
         for p in [*self.W, *(self.b if self.b is not None else [])]:
             p.grad = None
 
+    def tie_gradients(self) -> None:
+        """For a tied net (W_2 ≡ W_1ᵀ), before the optimiser step: the shared weight's gradient is the sum of its two
+        uses', G = ∂L/∂W_1 + (∂L/∂W_2)ᵀ (the chain rule for a shared parameter), given to W_1 and, transposed, to
+        W_2; a rule that left one of them without a gradient contributes nothing through it. No-op when untied."""
+        if not self.tied:
+            return
+        g1, g2 = self.W[0].grad, self.W[1].grad
+        if g1 is None and g2 is None:
+            return
+        g = g1 if g2 is None else g2.mT if g1 is None else g1 + g2.mT
+        self.W[0].grad = g
+        self.W[1].grad = g.mT.contiguous()
+
+    @torch.no_grad()
+    def retie(self) -> None:
+        """For a tied net, after the optimiser step (and any weight decay): W_2 ← W_1ᵀ exactly. With the summed
+        gradient of :meth:`tie_gradients` an elementwise optimiser already gives W_2 = W_1ᵀ; this copy makes the tie
+        exact whatever the rounding of the two updates. No-op when untied."""
+        if self.tied:
+            self.W[1].copy_(self.W[0].mT)
+
     def weight_and_bias(self, i: int) -> list[nn.Parameter]:
         return [self.W[i - 1]] + ([self.b[i - 1]] if self.b is not None else [])
 
@@ -336,4 +368,5 @@ def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:
         transmission_gradient=net_cfg.get("transmission_gradient", "zero"),
         input_noise=net_cfg.get("input_noise", 0.0),
         test_passes=net_cfg.get("test_passes", 1),
+        tied=net_cfg.get("tied", False),
     )

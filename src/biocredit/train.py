@@ -290,13 +290,16 @@ def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wand
 
 
 def apply_update(net: MLP, opt: optim.Optimizer, rule: LearningRule, decay: float | None) -> None:
-    """After the rule wrote p.grad: the optimiser step, the decoupled weight decay W ← (1 − α) W where
-    configured, and the rule's own after-step hook (e.g. a sparsity mask)."""
+    """After the rule wrote p.grad: a tied net's shared gradient (:meth:`MLP.tie_gradients`), the optimiser
+    step, the decoupled weight decay W ← (1 − α) W where configured, the tie restored exactly
+    (:meth:`MLP.retie`), and the rule's own after-step hook (e.g. a sparsity mask)."""
+    net.tie_gradients()
     opt.step()
     if decay is not None:
         with torch.no_grad():
             for W in net.W:
                 W.mul_(decay)
+    net.retie()
     rule.after_step(net)
 
 

@@ -12,6 +12,10 @@ With a perfect reconstruction (z = x) the target is h itself and the encoder doe
 trained on the reconstruction loss L(z, x) directly (the top layer of DTP); the encoder on the layer-local
 loss ‖f(x̃) − ĥ‖² (summed over units, mean over the minibatch, as the DTP rule's), with h, x and ĥ held
 constant, so no error is carried through a transposed weight matrix.
+
+With tied weights (``net.tied``: the decoder's W_2 = W_1ᵀ, the paper's auto-encoder [recalled]) the two gradients
+meet in the one shared weight: the trainer sums them (:meth:`biocredit.nets.MLP.tie_gradients`), so W receives
+the decoder's reconstruction gradient and the encoder's pull towards ĥ, each a local signal of its own layer.
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ class Shallow(LearningRule):
     name = "shallow"
     ensemble = True
 
+    def __init__(self, net: MLP, params, loss: str, reduction: str, generator: torch.Generator):
+        super().__init__(net, params, loss, reduction, generator)
+        if getattr(net, "tied", False):
+            raise ValueError("shallow learning keeps the hidden layer fixed, but a tied decoder (W_2 = W_1^T) would "
+                             "move it; use an untied net (net.tied: false)")
+
     @torch.no_grad()
     def compute_grads(self, net: MLP, x: Tensor, target: Tensor) -> StepResult:
         fwd = net.forward_all(x)
