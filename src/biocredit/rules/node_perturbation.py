@@ -42,9 +42,11 @@ class NodePerturbation(LearningRule):
         sigma = float(self.params["sigma"])
         fwd = net.forward_all(x)
         clean = loss_value(self.loss, fwd.a[-1], fwd.h[-1], target, "none")
-        xi: list[Tensor] = [None] + [  # type: ignore[list-item]
-            (self.randn(h.shape) * sigma).to(h.device, h.dtype) for h in fwd.h[1:]
-        ]
+        # ξ for all layers in ONE draw per step (per seed in an ensemble), split by layer: a generator call costs
+        # ~3 µs, the same order as this step's arithmetic on the 30-20-10 net
+        widths = [h.shape[-1] for h in fwd.h[1:]]
+        noise = (self.randn((*fwd.h[1].shape[:-1], sum(widths))) * sigma).to(x.device, x.dtype)
+        xi: list[Tensor] = [None, *noise.split(widths, dim=-1)]  # type: ignore[list-item]
         reinforcement = self._perturbed_loss(net, x, target, xi) - clean  # δL, one scalar per example
         if self.reduction == "mean":
             reinforcement = reinforcement / x.shape[-2]
