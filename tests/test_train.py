@@ -202,3 +202,33 @@ def test_eval_every_epochs_writes_rows_every_kth_epoch_and_resumes_mid_window(sm
     monkeypatch.setattr(train_module, "_log", real_log)
     assert train(path, fa, 0, out=tmp_path / "stopped") == 0
     assert read_metrics(tmp_path / "stopped" / "metrics.csv") == whole
+
+
+def test_a_commit_is_dirty_for_uncommitted_code_but_not_for_regenerated_results(tmp_path):
+    """Provenance: a workflow that rewrites results/ (or the README) must not mark its own later runs dirty;
+    an edit to the code or the config must."""
+    import subprocess
+
+    from biocredit.train import commit_of
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    assert commit_of(tmp_path) == "unknown"
+    git("init", "-q")
+    for rel in ("src/biocredit/x.py", "results/quick/tables/t.csv", "README.md", "config.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("a\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = commit_of(tmp_path)
+    assert len(head) == 40 and not head.endswith("-dirty")
+    (tmp_path / "results/quick/tables/t.csv").write_text("b\n")
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert commit_of(tmp_path) == head
+    (tmp_path / "config.yaml").write_text("b\n")
+    assert commit_of(tmp_path) == head + "-dirty"
+    (tmp_path / "config.yaml").write_text("a\n")
+    (tmp_path / "src/biocredit/x.py").write_text("b\n")
+    assert commit_of(tmp_path) == head + "-dirty"

@@ -196,17 +196,27 @@ def evaluate_regression(net: MLP, x: Tensor, t: Tensor, spread: Tensor | None = 
     return [{"loss": total / n, "error": e} for total, e in zip(totals or [], err, strict=True)]
 
 
+# What decides a run's numbers: uncommitted changes here make its commit "-dirty". Results, figures, the README
+# and the benchmarks do not (a workflow that regenerates results/ would otherwise mark its own later runs dirty).
+CODE_PATHS = ("src", "workflow", "Snakefile", "config.yaml", "pyproject.toml", "environment.yml")
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files), once per process: an
-    ensemble job asks for every seed's provenance, and each ask is two ``git`` subprocesses."""
+    """The checkout's commit, as :func:`commit_of` gives it, once per process: an ensemble job asks for every
+    seed's provenance, and each ask is two ``git`` subprocesses."""
+    return commit_of(Path(__file__).resolve().parents[2])
+
+
+def commit_of(root: Path) -> str:
+    """HEAD of the git checkout at ``root``, ``-dirty`` with uncommitted changes to the tracked files of
+    ``CODE_PATHS``; "unknown" outside a checkout."""
     try:
-        root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
