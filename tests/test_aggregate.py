@@ -44,3 +44,52 @@ def test_paired_test_fails_when_the_deep_student_is_worse_in_some_seeds():
     worse = [d + (0.03 if k % 2 else -0.001) for k, d in enumerate(SHALLOW)]
     verdict, _ = claim_verdict({**CLAIM, "test": "paired"}, runs({"deep": worse, "shallow": SHALLOW}))
     assert verdict == "does NOT hold"
+
+
+# --- early stopping: a reported number read at each run's lowest validation error -------------------------------
+def write_run(d, method: str, seed: int, valid: list[float], test: list[float]) -> None:
+    import json
+
+    d.mkdir(parents=True)
+    n = len(valid)
+    pd.DataFrame({"epoch": range(1, n + 1), "examples_seen": [100 * e for e in range(1, n + 1)],
+                  "valid_error": valid, "test_error": test}).to_csv(d / "metrics.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({
+        "experiment": "e", "method": method, "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
+        "epochs_done": n, "epochs": n, "final": {"epoch": n, "valid_error": valid[-1], "test_error": test[-1]},
+        "best_test_error": min(test), "wall_seconds": 1.0,
+        "provenance": {"config_hash": "h", "git_commit": "c", "device": "cpu", "torch": "t", "n_train": 1, "n_test": 1}}))
+
+
+def test_early_stopping_reads_the_test_error_at_the_lowest_validation_error_not_the_lowest_test_error(tmp_path):
+    from biocredit.aggregate import comparison_rows, load_runs
+
+    # validation is lowest at epoch 2; the test error is lowest at epoch 3 (an early stop on test would pick it)
+    write_run(tmp_path / "a0", "dtp", 0, valid=[50, 40, 45, 48], test=[51, 44, 42, 49])
+    write_run(tmp_path / "a1", "dtp", 1, valid=[50, 42, 41, 48], test=[51, 45, 46, 50])
+    runs_df, _ = load_runs([tmp_path / "a0", tmp_path / "a1"])
+    assert runs_df["valid_best_epoch"].tolist() == [2.0, 3.0]
+    assert runs_df["valid_best_test_error"].tolist() == [44.0, 46.0]
+    exp = {"reported": [
+        {"method": "dtp", "metric": "test_error", "value": 45.0, "tolerance": 1.5, "source": "s"},
+        {"method": "dtp", "metric": "test_error", "value": 45.0, "tolerance": 1.5, "source": "s", "at": "valid_best"}]}
+    table = comparison_rows("e", exp, runs_df, "paper")
+    final, early = table.iloc[0], table.iloc[1]
+    assert final["ours_mean"] == 49.5 and final["verdict"].startswith("NOT reproduced")
+    assert early["ours_mean"] == 45.0 and early["verdict"] == "reproduced"
+    assert "lowest valid_error" in early["metric"]
+
+
+def test_without_a_validation_set_an_early_stopped_number_has_no_runs(tmp_path):
+    import json
+
+    from biocredit.aggregate import comparison_rows, load_runs
+
+    write_run(tmp_path / "a0", "dtp", 0, valid=[50, 40], test=[51, 44])
+    m = pd.read_csv(tmp_path / "a0" / "metrics.csv").drop(columns="valid_error")
+    m.to_csv(tmp_path / "a0" / "metrics.csv", index=False)
+    s = json.loads((tmp_path / "a0" / "summary.json").read_text())
+    runs_df, _ = load_runs([tmp_path / "a0"])
+    assert "valid_best_epoch" not in runs_df.columns and s["status"] == "completed"
+    rep = {"method": "dtp", "metric": "test_error", "value": 45.0, "tolerance": 1.5, "source": "s", "at": "valid_best"}
+    assert comparison_rows("e", {"reported": [rep]}, runs_df, "paper").iloc[0]["verdict"] == "no finished run"

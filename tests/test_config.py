@@ -73,6 +73,10 @@ BAD_INPUTS = [
      "experiments.lillicrap_teacher.scales.quick.train_eval_subset", "synthetic"),
     ("train-eval subset of zero", _set(f"experiments.{EXP}.scales.quick.train_eval_subset", 0),
      f"experiments.{EXP}.scales.quick.train_eval_subset", "0"),
+    ("early stopping without a validation set", _set(f"experiments.{EXP}.reported.0.at", "valid_best"),
+     f"experiments.{EXP}.reported.0.at", "valid_size"),
+    ("unknown reading point", _set("experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
+     "experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
 ]
 
 

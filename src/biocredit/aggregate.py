@@ -39,10 +39,23 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "torch": prov["torch"], "n_train": prov["n_train"], "n_test": prov["n_test"],
         })
         m = pd.read_csv(d / "metrics.csv")
+        summaries[-1].update(early_stopping(m))
         m.insert(0, "seed", s["seed"])
         m.insert(0, "method", s["method"])
         curves.append(m)
     return pd.DataFrame(summaries), pd.concat(curves, ignore_index=True)
+
+
+def early_stopping(metrics: pd.DataFrame) -> dict[str, float]:
+    """The run read at the epoch of its lowest validation error (the first such row; early stopping on the
+    held-out validation images, never on the test set): ``valid_best_epoch`` and ``valid_best_<m>`` for every
+    metric m of that row. Empty for a run without a validation set."""
+    if "valid_error" not in metrics.columns or metrics["valid_error"].isna().all():
+        return {}
+    row = metrics.loc[metrics["valid_error"].idxmin()]
+    out = {"valid_best_epoch": float(row["epoch"])}
+    out.update({f"valid_best_{k}": float(v) for k, v in row.items() if k not in ("epoch", "examples_seen")})
+    return out
 
 
 def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +80,13 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
     ok = runs[runs["status"] == "completed"]
     for rep in exp.get("reported", []):
         metric = rep["metric"]
-        vals = ok.loc[ok["method"] == rep["method"], f"final_{metric}"].astype(float)
+        # at: final (the last epoch) or valid_best (the epoch of the run's lowest validation error)
+        at = rep.get("at", "final")
+        column = f"{at}_{metric}"
+        vals = (ok.loc[ok["method"] == rep["method"], column].astype(float) if column in ok.columns
+                else pd.Series([], dtype=float))
+        if at == "valid_best":
+            metric = f"{metric} at the epoch of lowest valid_error"
         n_div = int(((runs["method"] == rep["method"]) & (runs["status"] == "diverged")).sum())
         mean = float(vals.mean()) if len(vals) else math.nan
         sd = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan

@@ -159,6 +159,10 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
                 if bad := sorted(IMAGE_ONLY_SCALE_KEYS.keys() & sc.keys()):
                     why = IMAGE_ONLY_SCALE_KEYS[bad[0]]
                     raise ConfigError(f"{where}.scales.{sname}.{bad[0]}: only for image datasets; {why}")
+        for k, rep in enumerate(exp.get("reported", [])):
+            if rep.get("at") == "valid_best" and not exp.get("valid_size"):
+                raise ConfigError(f"{where}.reported.{k}.at: valid_best reads each run at its lowest validation "
+                                  "error, but the experiment holds out no validation set; set valid_size or at: final")
         if "probe" in exp and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):
