@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # lillicrap_linear/fa: quick scale as it is (1 epoch of 10,000 examples, angles every 10, rows every 100).
 # lillicrap_teacher/fa4: quick-scale settings but 1 epoch of its 3 (20,000 examples, rows every 5000).
-# lillicrap_linear/node_perturbation: the rule that draws noise (one generator call per seed and layer per step).
+# lillicrap_linear/node_perturbation: the rule that draws noise (one generator call per seed per step, all layers at once).
 CELLS = {"lillicrap_linear/fa": {}, "lillicrap_linear/node_perturbation": {},
          "lillicrap_teacher/fa4": {"experiments.lillicrap_teacher.scales.quick.epochs": 1}}
 SECTION = "## Seed ensembles (issue #6)"
@@ -121,8 +121,8 @@ def to_markdown(rows: list[dict], n_seeds: int, machine: str, command: str) -> s
                                                f"{n_seeds / r['train']['ratio']:.0f}× (train)" for r in rows) + ". "
               "A step of 20 stacked seeds is dispatched once, as one seed's is; what grows with the seeds is the "
               "arithmetic, above all the evaluation (the linear task's rows every 100 examples evaluate all 11,000 examples of every "
-              "seed: 20× the arithmetic of one seed) and node perturbation's noise (one generator call per seed, "
-              "layer and step), hence the train-only ratios near 2 there. A job's fixed "
+              "seed: 20× the arithmetic of one seed) and node perturbation's noise (one generator call per seed "
+              "and step), hence the train-only ratios above 2 there. A job's fixed "
               "start-up (interpreter, torch, W&B) is paid once either way."]
     return "\n".join(lines) + "\n"
 
