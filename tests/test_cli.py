@@ -72,3 +72,44 @@ def test_aggregate_before_training_exits_2_naming_a_missing_run(capsys: pytest.C
     assert rc == 2
     line = one_line(capsys.readouterr().err)
     assert "summary.json" in line and "missing" in line
+
+
+def _finished_run(d: Path, method: str, seed: int, error: float) -> None:
+    import json
+
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text(f"epoch,examples_seen,test_error,angle_dh_1\n0,0,1.0,90.0\n1,300,{error},30.0\n")
+    (d / "summary.json").write_text(json.dumps({
+        "experiment": "lillicrap_linear", "method": method, "rule": method, "seed": seed, "scale": "smoke",
+        "status": "completed", "epochs_done": 1, "epochs": 1, "final": {"epoch": 1, "test_error": error, "angle_dh_1": 30.0},
+        "best_test_error": error, "wall_seconds": 1.0,
+        "provenance": {"config_hash": "h", "git_commit": "c", "device": "cpu", "torch": "t", "n_train": 300, "n_test": 200}}))
+
+
+def test_partial_aggregation_of_a_run_in_progress_says_how_many_seeds_each_verdict_rests_on(capsys, tmp_path):
+    """A long paper-scale experiment can be tabulated while it trains: --partial aggregates the finished runs and
+    marks every verdict that rests on fewer seeds than the scale's; without it, aggregate refuses in one line."""
+    import json
+
+    import pandas as pd
+
+    runs = tmp_path / "smoke" / "runs" / "lillicrap_linear"
+    _finished_run(runs / "bp" / "seed0", "bp", 0, 1e-3)
+    _finished_run(runs / "bp" / "seed1", "bp", 1, 2e-3)
+    _finished_run(runs / "fa" / "seed0", "fa", 0, 3e-3)
+    args = ["aggregate", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+            "--experiment", "lillicrap_linear"]
+    assert cli.main(args) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "missing" in line and "--partial" in line
+    assert cli.main([*args, "--partial"]) == 0
+    assert "PARTIAL" in capsys.readouterr().out
+    tables = tmp_path / "smoke" / "tables"
+    prov = json.loads((tables / "lillicrap_linear_provenance.json").read_text())
+    assert prov["partial"] is True and prov["runs"] == 3 and len(prov["missing_runs"]) == 5  # 4 methods x 2 seeds
+    table = pd.read_csv(tables / "lillicrap_linear_comparison.csv")
+    verdicts = dict(zip(table["claim"], table["verdict"], strict=True))
+    angle = next(v for c, v in verdicts.items() if "angle" in c)
+    assert angle.startswith("partial (fa 1 of 2 seeds): holds"), angle
+    below = next(v for c, v in verdicts.items() if "BP and FA both end below" in c)
+    assert below.startswith("no finished run of shallow, node_perturbation"), below

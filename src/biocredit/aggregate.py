@@ -72,12 +72,26 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, scale: str) -> pd.DataFrame:
-    """One row per reported number and per qualitative claim of an experiment, with a verdict."""
+def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, scale: str,
+                    expected_seeds: int | None = None) -> pd.DataFrame:
+    """One row per reported number and per qualitative claim of an experiment, with a verdict.
+
+    ``expected_seeds``: the scale's seeds per method; a verdict resting on fewer finished runs of a method (a
+    partial aggregation while the rest still train) starts with "partial (k of n seeds)"."""
     rows = []
     comparable = scale == "paper"
     epochs = int(runs["epochs"].max()) if len(runs) else 0
     ok = runs[runs["status"] == "completed"]
+    finished = runs["method"].value_counts().to_dict() if len(runs) else {}
+
+    def partial(methods: Sequence[str], verdict: str) -> str:
+        if not expected_seeds:
+            return verdict
+        short = {m: finished.get(m, 0) for m in methods if finished.get(m, 0) < expected_seeds}
+        if not short or verdict.startswith("no finished run"):
+            return verdict
+        k = ", ".join(f"{m} {n}" for m, n in short.items())
+        return f"partial ({k} of {expected_seeds} seeds): {verdict}"
     for rep in exp.get("reported", []):
         metric = rep["metric"]
         # at: final (the last epoch) or valid_best (the epoch of the run's lowest validation error)
@@ -102,7 +116,7 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
             "experiment": exp_name, "figure": exp.get("figure", ""), "claim": "", "method": rep["method"],
             "metric": metric, "paper": rep["value"], "unit": rep.get("unit", ""), "source": rep["source"],
             "ours_mean": mean, "ours_sd": sd, "n": len(vals), "n_diverged": n_div, "statistic": "",
-            "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": verdict,
+            "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": partial([rep["method"]], verdict),
         })
     for claim in exp.get("claims", []):
         verdict, stat = claim_verdict(claim, ok)
@@ -113,7 +127,8 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
                 f"; paper: {claim['paper_statistic']}" if claim.get("paper_statistic") else ""),
             "ours_mean": math.nan, "ours_sd": math.nan, "n": len(ok),
             "n_diverged": int((runs["status"] == "diverged").sum()), "statistic": stat, "scale": scale,
-            "epochs": epochs, "tolerance": math.nan, "verdict": verdict,
+            "epochs": epochs, "tolerance": math.nan,
+            "verdict": partial([*claim["lower"], *claim.get("higher", [])], verdict),
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 

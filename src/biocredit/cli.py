@@ -117,18 +117,27 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     dirs = [aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s)
             for m in exp["methods"] for s in seeds(cfg, args.experiment)]
     missing = [str(d / "summary.json") for d in dirs if not (d / "summary.json").exists()]
-    if missing:
-        raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: train those runs first")
-    runs, curves = aggregate.load_runs(dirs)
+    if missing and not args.partial:
+        raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: train those runs first, or "
+                          "pass --partial to aggregate the finished ones")
+    done = [d for d in dirs if (d / "summary.json").exists()]
+    if not done:
+        raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: no run of {args.experiment} at scale "
+                          f"{cfg['scale']} has finished")
+    runs, curves = aggregate.load_runs(done)
+    n_seeds = len(seeds(cfg, args.experiment))
     tables = _scale_dir(cfg) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     runs.to_csv(tables / f"{args.experiment}_runs.csv", index=False)
     aggregate.curve_stats(curves).to_csv(tables / f"{args.experiment}_curves.csv", index=False)
-    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"]).to_csv(
+    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"], expected_seeds=n_seeds).to_csv(
         tables / f"{args.experiment}_comparison.csv", index=False)
-    (tables / f"{args.experiment}_provenance.json").write_text(
-        json.dumps(aggregate.provenance_record(runs), indent=2))
-    print(f"{args.experiment}: aggregated {len(runs)} runs into {tables}")
+    record = aggregate.provenance_record(runs)
+    if missing:
+        record.update(partial=True, missing_runs=[str(Path(m).parent) for m in missing])
+    (tables / f"{args.experiment}_provenance.json").write_text(json.dumps(record, indent=2))
+    print(f"{args.experiment}: aggregated {len(runs)} runs into {tables}"
+          + (f" (PARTIAL: {len(missing)} of {len(dirs)} runs not finished)" if missing else ""))
     return 0
 
 
@@ -270,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--experiment", required=True)
         if name == "figures":
             p.add_argument("--figure", help="draw only this figure (a name from the experiment's figures)")
+        else:
+            p.add_argument("--partial", action="store_true",
+                           help="aggregate the runs that have finished so far (a long paper-scale experiment in "
+                                "progress); every verdict then says how many of the scale's seeds it rests on")
         p.set_defaults(func=func)
     p = sub.add_parser("analysis", help="compute an analysis of update equations (e.g. the 1-1-1 FA dynamics)")
     _common(p)
