@@ -113,3 +113,20 @@ def test_partial_aggregation_of_a_run_in_progress_says_how_many_seeds_each_verdi
     assert angle.startswith("partial (fa 1 of 2 seeds): holds"), angle
     below = next(v for c, v in verdicts.items() if "BP and FA both end below" in c)
     assert below.startswith("no finished run of shallow, node_perturbation"), below
+
+
+def test_compare_tabulates_the_aggregated_experiments_and_names_the_others(capsys, tmp_path, monkeypatch):
+    """Paper scale is run a few experiments at a time: compare joins the tables that exist and lists the rest."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    runs = tmp_path / "smoke" / "runs" / "lillicrap_linear"
+    for m in ("bp", "fa", "shallow", "node_perturbation"):
+        for s in (0, 1):
+            _finished_run(runs / m / f"seed{s}", m, s, 1e-3 if m in ("bp", "fa") else 0.3)
+    common = ["--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke"]
+    assert cli.main(["compare", *common]) == 2
+    assert "no experiment has been aggregated" in one_line(capsys.readouterr().err)
+    assert cli.main(["aggregate", *common, "--experiment", "lillicrap_linear"]) == 0
+    assert cli.main(["compare", *common]) == 0
+    md = (tmp_path / "smoke" / "tables" / "paper_comparison.md").read_text()
+    assert "| lillicrap_linear (Fig. 1) |" in md and "lillicrap_mnist (" not in md
+    assert "not aggregated at this scale (no table yet): lillicrap_mnist" in md
