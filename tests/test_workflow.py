@@ -214,6 +214,45 @@ def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):
     assert "Nothing to be done" in out, f"a second run would redo jobs:\n{out[-3000:]}"
 
 
+def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(workflow: Workflow):
+    """The data folder is shared by every scale: a verified.json rewritten with the same content (new mtime), or a
+    plan for another scale, must not mark the finished runs of this one out of date (a whole paper-scale CIFAR-10
+    table would otherwise retrain after a quick run)."""
+    data_dir = Path(workflow.config["data"]["dir"])
+    markers = sorted(data_dir.glob("*/verified.json"))
+    assert markers, "the workflow prepared no dataset"
+    for marker in markers:  # a real re-verification: a new verified.json (new time stamp), newer than every run
+        before = json.loads(marker.read_text())
+        marker.unlink()
+        dataset = {folder: name for name, folder in DATASET_FOLDERS.items()}[marker.parent.name]
+        subprocess.run([sys.executable, "-m", "biocredit", "prepare-data", dataset, "--data-dir", str(data_dir),
+                        "--no-download"], cwd=workflow.root, env=workflow.env, check=True, capture_output=True)
+        after = json.loads(marker.read_text())
+        assert after["sha256"] == before["sha256"]
+    proc = workflow.snakemake("-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Nothing to be done" in out, f"a newer verified.json reruns jobs:\n{out[-3000:]}"
+
+    # another scale: its own runs are planned, but not the (scale-independent) data preparation
+    proc = workflow.snakemake("-n", "--config", "scale=quick")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts.get("train", 0) + sum(v for k, v in counts.items() if k.startswith("train_ensemble")) > 0
+    assert "prepare_data" not in counts, out[-3000:]
+
+    # a missing marker is prepared again before a training that needs it (finished runs do not need it)
+    markers[0].rename(markers[0].with_name("verified.json.bak"))
+    try:
+        proc = workflow.snakemake("-n", "--config", "scale=quick")
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert job_counts(out).get("prepare_data") == 1, out[-3000:]
+    finally:
+        markers[0].with_name("verified.json.bak").rename(markers[0])
+
+
 def test_a_named_experiment_target_plans_only_that_experiment(workflow: Workflow):
     exp_name = mnist_experiment(workflow.config)
     (workflow.results / "tables" / f"{exp_name}_comparison.csv").unlink()

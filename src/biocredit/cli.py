@@ -59,8 +59,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from biocredit import data
 
-    cfg = _load(args, rules=False)
-    d = cfg.get("data", {})
+    if args.data_dir is not None:  # explicit data settings (the Snakemake rule): no config file is read
+        d = {"dir": args.data_dir, "mirror": args.mirror, "download": args.download is not False}
+    else:
+        d = dict(_load(args, rules=False).get("data", {}))
+        d.update({k: v for k, v in (("mirror", args.mirror), ("download", args.download)) if v is not None})
     rec = data.prepare(args.dataset, Path(d.get("dir", "data")), data.resolve_mirror(d.get("mirror")),
                        download=d.get("download", True))
     print(f"{args.dataset}: ready and verified in {d.get('dir', 'data')} (source: {rec.get('source')})")
@@ -269,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare-data", help="copy/download a dataset into the data folder and verify its hashes")
     _common(p)
     p.add_argument("dataset", choices=["mnist", "fashion_mnist", "cifar10"])
+    p.add_argument("--data-dir", help="data folder; given, the config file is not read (data.dir otherwise)")
+    p.add_argument("--mirror", help="local mirror folder (data.mirror otherwise; BIOCREDIT_DATA_MIRROR wins)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow torchvision's downloader (data.download otherwise; default: allowed)")
     p.set_defaults(func=cmd_prepare_data)
     p = sub.add_parser("train", help="train one experiment × method × seed (or several seeds at once)")
     _common(p)

@@ -6,6 +6,9 @@ rule prepare_data:
         f"{DATA}/{{folder}}/verified.json",
     params:
         dataset=lambda w: FOLDER_TO_DATASET[w.folder],
+        # The data settings as flags, not the scale's merged config: the data folder is shared by every scale,
+        # and a command that differed per scale would re-verify the data each time the scale changes.
+        source=data_source_flags(),
     conda:
         "../../environment.yml"
     log:
@@ -13,4 +16,4 @@ rule prepare_data:
     message:
         "Preparing and verifying the {params.dataset} dataset"
     shell:
-        f"{cli('prepare-data')} {{params.dataset}} > {{log}} 2>&1"
+        f"{PY} -m biocredit prepare-data {{params.dataset}} --data-dir {shlex.quote(DATA)} {{params.source}} > {{log}} 2>&1"
