@@ -94,9 +94,9 @@ def test_cifar10_arrays_have_the_expected_shape_and_range(tmp_path):
 
 
 # --- the auto-encoder's DTP rule --------------------------------------------------------------------------------
-def autoencoder(seed: int = 0, sizes=(16, 12, 16), tied: bool = False) -> MLP:
+def autoencoder(seed: int = 0, sizes=(16, 12, 16), tied: bool = False, hidden_noise: float = 0.0) -> MLP:
     return MLP(list(sizes), "tanh", "sigmoid", init={"distribution": "orthogonal", "scale": 1.0},
-               generator=torch.Generator().manual_seed(seed), tied=tied)
+               generator=torch.Generator().manual_seed(seed), tied=tied, hidden_noise=hidden_noise)
 
 
 def test_with_a_perfect_reconstruction_the_hidden_target_is_the_code_itself():
@@ -138,6 +138,40 @@ def test_autoencoder_rule_refuses_a_net_that_is_not_an_autoencoder():
     with pytest.raises(ValueError, match="auto-encoder"):
         RULES["difference_target_prop_autoencoder"](autoencoder(sizes=(16, 12, 10)), {}, "squared_error", "mean",
                                                     torch.Generator().manual_seed(0))
+
+
+# --- noise on the code before decoding (net.hidden_noise, the paper's auto-encoder [recalled]) -------------------
+@pytest.mark.parametrize("rule_name", ["difference_target_prop_autoencoder", "backprop"])
+def test_with_hidden_noise_the_decoder_is_trained_on_a_corrupted_code(rule_name):
+    """Both rules' decoder gradient is autograd's of L(g(h + ε), x) with ε the net's own draw, and ε ≠ 0."""
+    sigma = 0.5
+    net = autoencoder(hidden_noise=sigma)
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(5))
+    replay = torch.Generator().set_state(net.generator.get_state())  # the draws the rule is about to make
+    net.zero_grad(set_to_none=True)
+    RULES[rule_name](net, {}, "squared_error", "mean", torch.Generator().manual_seed(0)).compute_grads(net, x, x)
+    W1, b1, W2, b2 = (t.detach() for t in (net.W[0], net.b[0], net.W[1], net.b[1]))
+    W2g, b2g = W2.clone().requires_grad_(True), b2.clone().requires_grad_(True)
+    h = torch.tanh(x @ W1.mT + b1)
+    eps = sigma * torch.randn(h.shape, generator=replay)
+    a = (h + eps) @ W2g.mT + b2g
+    want = torch.autograd.grad(loss_value("squared_error", a, torch.sigmoid(a), x, "mean"), (W2g, b2g))
+    torch.testing.assert_close(net.W[1].grad, want[0])
+    torch.testing.assert_close(net.b[1].grad, want[1])
+    a0 = h @ W2g.mT + b2g  # without the corruption the gradient differs: the noise was really applied
+    clean = torch.autograd.grad(loss_value("squared_error", a0, torch.sigmoid(a0), x, "mean"), W2g)[0]
+    assert not torch.allclose(net.W[1].grad, clean)
+
+
+def test_hidden_noise_is_for_training_only_and_needs_a_layer_that_transmits_h():
+    noisy, plain = autoencoder(hidden_noise=0.5), autoencoder()
+    x = torch.rand(8, 16, generator=torch.Generator().manual_seed(6))
+    noisy.eval(), plain.eval()
+    assert torch.equal(noisy.predict(x)[1], plain.predict(x)[1])
+    noisy.train()
+    assert not torch.equal(noisy(x), plain(x))
+    with pytest.raises(ValueError, match="hidden_noise"):
+        MLP([16, 12, 12, 16], "tanh", "sigmoid", transmission=["sign", "sign"], hidden_noise=0.1)
 
 
 # --- tied weights (W_2 = W_1ᵀ, the paper's auto-encoder [recalled]) --------------------------------------------

@@ -13,7 +13,9 @@ disc_*.py and sto_*.py scripts). T_i is one of
   bernoulli  s_i ~ Bernoulli(h_i), sampled to 0/1 (h_i: sigmoid probabilities; the scripts' ``samp``:
              s = 1[u < h], u ~ U[0, 1)).
 
-The input may be corrupted in training, s_0 = x + N(0, σ_in²) (``input_noise``; sto_dtp.py). Training and
+The input may be corrupted in training, s_0 = x + N(0, σ_in²) (``input_noise``; sto_dtp.py), and so may what an
+identity-transmitting hidden layer sends on, s_i = h_i + N(0, σ_h²) (``hidden_noise``; the auto-encoder of Lee et
+al. 2015 §3.5 decodes a corrupted code [recalled]); ∂s_i/∂h_i = 1 for it. Training and
 evaluation may transmit differently (``test_transmission``, e.g. a continuous net discretised at test), and
 an evaluation may average the output over several stochastic passes (``test_passes``; sto_dtp.py averages
 the softmax over 100). ``feedback_transmission`` is what a learned inverse g_i of a rule reads of layer i
@@ -177,6 +179,7 @@ class MLP(nn.Module):
         input_noise: float = 0.0,
         test_passes: int = 1,
         tied: bool = False,
+        hidden_noise: float = 0.0,
     ) -> None:
         super().__init__()
         init = init or {"distribution": "uniform", "scale": 0.05}
@@ -196,6 +199,9 @@ class MLP(nn.Module):
             raise ValueError(f"transmission_gradient: {transmission_gradient!r} is not one of {TRANSMISSION_GRADIENTS}")
         self.straight_through = transmission_gradient == "straight_through"
         self.input_noise = float(input_noise)
+        self.hidden_noise = float(hidden_noise)
+        if self.hidden_noise > 0 and "identity" not in self.transmission:
+            raise ValueError("hidden_noise: no hidden layer transmits h itself (transmission identity) to add noise to")
         self.test_passes = int(test_passes)
         self.generator = generator  # the run's: samples of stochastic units and input noise in training
         self.W = ParameterList(
@@ -228,8 +234,8 @@ class MLP(nn.Module):
     # --- transmission --------------------------------------------------------------------------
     @property
     def transmits(self) -> bool:
-        """False for a plain net (every layer reads h_{i-1}, no input noise): callers may skip s entirely."""
-        return self.input_noise > 0 or any(k != "identity" for k in self.transmission + self.test_transmission)
+        """False for a plain net (every layer reads h_{i-1}, no input or hidden noise): callers may skip s entirely."""
+        return self.input_noise > 0 or self.hidden_noise > 0 or any(k != "identity" for k in self.transmission + self.test_transmission)
 
     def transmission_at(self, i: int) -> str:
         """T_i in the current mode (``self.training``: training, else evaluation), i = 1..L-1."""
@@ -248,6 +254,8 @@ class MLP(nn.Module):
             return h
         kind = self.transmission_at(i)
         if kind == "identity":
+            if self.training and self.hidden_noise > 0:  # additive: gradient 1 under autograd
+                return h + self.hidden_noise * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)
             return h
         if kind == "sign":
             s = sign(h)
@@ -294,7 +302,7 @@ class MLP(nn.Module):
         """
         K = self.test_passes if passes is None else passes
         stochastic = [i for i in range(1, self.n_layers) if self.transmission_at(i) == "bernoulli"]
-        if K <= 1 or not stochastic or (self.training and self.input_noise > 0):
+        if K <= 1 or not stochastic or (self.training and (self.input_noise > 0 or self.hidden_noise > 0)):
             fwd = self.forward_all(x, generator)
             return fwd.a[-1], fwd.h[-1]
         first = stochastic[0]
@@ -369,4 +377,5 @@ def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:
         input_noise=net_cfg.get("input_noise", 0.0),
         test_passes=net_cfg.get("test_passes", 1),
         tied=net_cfg.get("tied", False),
+        hidden_noise=net_cfg.get("hidden_noise", 0.0),
     )

@@ -8,7 +8,10 @@ with g_i ← f and the output target ĥ_2 = x) gives the hidden target
 
     ĥ = h − f(z) + f(x)                                           (Lee et al. 2015, §3.5 [recalled])
 
-With a perfect reconstruction (z = x) the target is h itself and the encoder does not move. The decoder is
+With a perfect reconstruction (z = x) the target is h itself and the encoder does not move. With
+``net.hidden_noise`` σ_h > 0 the decoder reads a corrupted code, z = g(h + ε), ε ~ N(0, σ_h²) (the paper's
+auto-encoder [recalled]; BP through the same net sees the same corruption), so g learns to map a noisy code
+back to the input, as DTP's noise-preserving inverses do. The decoder is
 trained on the reconstruction loss L(z, x) directly (the top layer of DTP); the encoder on the layer-local
 loss ‖f(x̃) − ĥ‖² (summed over units, mean over the minibatch, as the DTP rule's), with h, x and ĥ held
 constant, so no error is carried through a transposed weight matrix.
@@ -49,7 +52,9 @@ class DifferenceTargetPropAutoencoder(LearningRule):
         with torch.enable_grad():
             _, h = net.layer(1, x)  # the encoder's graph: W_1, b_1 only
             hd = h.detach()
-            a_z, z = net.layer(2, hd)  # the decoder's graph: W_2, b_2 only (its input is a constant)
+            # the decoder's graph: W_2, b_2 only; it reads the code as the net transmits it (h + N(0, σ_h²) in
+            # training with net.hidden_noise, a constant either way)
+            a_z, z = net.layer(2, net.transmit(1, hd))
             top = loss_value(self.loss, a_z, z, target, self.reduction)
             dec = net.weight_and_bias(2)
             for p, g in zip(dec, torch.autograd.grad(top, dec), strict=True):
