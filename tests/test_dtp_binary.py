@@ -282,3 +282,39 @@ def test_stochastic_run_resumed_after_a_kill_ends_as_an_uninterrupted_one(mnist_
     whole = read_metrics(tmp_path / "whole" / "metrics.csv", WALL_TIME_COLUMNS)
     assert [r["epoch"] for r in whole] == ["0", "1", "2"]
     assert read_metrics(tmp_path / "killed" / "metrics.csv", WALL_TIME_COLUMNS) == whole
+
+
+def test_the_angle_reference_replays_the_rules_own_sample():
+    """BP's reference for the angles, given a copy of the generator's state from before the step, sees the same
+    input noise and unit samples as the rule's forward pass: backprop measured against itself is then at 0°."""
+    from biocredit.metrics import update_angles
+    from biocredit.rules.base import StepResult
+
+    net = stochastic_net(input_noise=0.3)
+    x, t = minibatch(8, 3)
+    replay = torch.Generator().set_state(net.generator.get_state())
+    _, y, _, delta_h = backprop_grads(net, x, t, "cross_entropy", "mean")  # "the rule": draws from the run's stream
+    step = StepResult(loss=torch.zeros(()), output=y, delta_h=delta_h)
+    same = update_angles(net, x, t, step, "cross_entropy", "mean", generator=replay)
+    assert same["angle_dh_1"] < 1e-2 and same["angle_dh_2"] < 1e-2, same
+    fresh = update_angles(net, x, t, step, "cross_entropy", "mean")  # a fresh sample: not the same update
+    assert fresh["angle_dh_1"] > 1.0, fresh
+
+
+def test_measuring_angles_never_changes_a_stochastic_runs_numbers(mnist_dir, tmp_path, monkeypatch):
+    import biocredit.train as train_mod
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    smoke = "experiments.lee_dtp_stochastic.scales.smoke"
+    runs = {}
+    for every in (1, 1000):
+        cfg = load_config(REPO_CONFIG, {"scale": "smoke", "device": "cpu", f"{smoke}.epochs": 1,
+                                        f"{smoke}.train_subset": 300, f"{smoke}.test_subset": 200,
+                                        f"{smoke}.test_passes": 3, "experiments.lee_dtp_stochastic.valid_size": 200,
+                                        "experiments.lee_dtp_stochastic.train.angle_every": every})
+        train_mod.train(resolve_run(cfg, "lee_dtp_stochastic", "dtp", 0), tmp_path / str(every), mnist_dir,
+                        device="cpu")
+        runs[every] = read_metrics(tmp_path / str(every) / "metrics.csv", WALL_TIME_COLUMNS)
+    assert "angle_dh_1" in runs[1][-1] and runs[1][-1]["angle_dh_1"] != ""
+    keep = ("train_loss", "train_error", "valid_error", "test_error", "inverse_loss")
+    assert [{k: r[k] for k in keep if k in r} for r in runs[1]] == [{k: r[k] for k in keep if k in r} for r in runs[1000]]

@@ -34,7 +34,8 @@ def rowwise_angle_deg(a: Tensor, b: Tensor) -> Tensor:
 
 
 def update_angles(
-    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False
+    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Compare a rule's updates on this minibatch with backprop's on the same minibatch.
 
@@ -43,16 +44,20 @@ def update_angles(
     ``angle_dW_i``: the angle between the rule's and backprop's weight updates of W_i.
     ``angle_dh_pbp_{L-1}`` (if ``pbp``): Δh_rule ∠ Δh_PBP for the top hidden layer, with pseudo-backprop's
     Δh_PBP = W⁺e (Lillicrap preprint Fig. 4; e generalised to −δ_L, the output error signal).
-    Layers a rule does not train or send a signal to are left out.
+    Layers a rule does not train or send a signal to are left out. For a net that draws in its forward pass
+    (input noise, sampled units), ``generator`` should replay the draws of the rule's own forward pass (a copy
+    of the run generator's state from before the step, as the trainer passes): BP is then compared on the same
+    sample, and measuring never consumes the training stream.
     """
-    return {k: float(v) for k, v in update_angle_tensors(net, x, target, step, loss, reduction, pbp).items()}
+    return {k: float(v) for k, v in update_angle_tensors(net, x, target, step, loss, reduction, pbp, generator).items()}
 
 
 def update_angle_tensors(
-    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False
+    net: MLP, x: Tensor, target: Tensor, step: StepResult, loss: str, reduction: str, pbp: bool = False,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """:func:`update_angles` as tensors: 0-d for one net, shape (S,) for a stacked ensemble of S nets."""
-    bp_grads, bp_dh, delta_L = backprop_explicit(net, x, target, loss, reduction)
+    bp_grads, bp_dh, delta_L = backprop_explicit(net, x, target, loss, reduction, generator)
     bp_by_param = dict(zip((id(p) for p in net.parameters()), bp_grads, strict=False))
     out: dict[str, Tensor] = {}
     for i in range(1, net.n_layers):  # hidden layers: their weights are W_1..W_{L-1}

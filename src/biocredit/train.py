@@ -498,10 +498,14 @@ def train(
                 if input_noise:  # a denoising objective: corrupt the input, keep the target (Lee et al. 2015 §3.5)
                     x = x + input_noise * torch.randn(x.shape, generator=generator).to(dev, x.dtype)
                 net.zero_grad(set_to_none=True)
+                measure = rule.compare_to_backprop and k % tc["angle_every"] == 0
+                # BP's reference replays the draws of the rule's forward pass (every rule draws it first): the
+                # same input noise and unit samples, and the training stream never depends on angle_every
+                replay = torch.Generator().set_state(generator.get_state()) if measure and net.transmits else None
                 step = rule.compute_grads(net, x, t)
-                if rule.compare_to_backprop and k % tc["angle_every"] == 0:
+                if measure:
                     for key, v in update_angles(net, x, t, step, run_cfg["loss"], tc["reduction"],
-                                                  pbp=tc.get("pbp_angle", False)).items():
+                                                  pbp=tc.get("pbp_angle", False), generator=replay).items():
                         angle_sums.setdefault(key, []).append(v)
                 apply_update(net, opt, rule, decay)
                 loss_acc += step.loss

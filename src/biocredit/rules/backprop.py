@@ -30,14 +30,17 @@ def backprop_grads(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: st
 
 
 @torch.no_grad()
-def backprop_explicit(net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str) -> tuple[list, list, Tensor]:
+def backprop_explicit(
+    net: MLP, x: Tensor, target: Tensor, loss: str, reduction: str, generator: torch.Generator | None = None
+) -> tuple[list, list, Tensor]:
     """The same gradients as :func:`backprop_grads`, by explicit algebra (δ_i = (W_{i+1}ᵀ δ_{i+1}) ∘ f'(a_i)).
 
     About 3× cheaper than autograd for the small nets of the synthetic tasks, so the trainer's angle
     measurements use it; tests check it against autograd. Returns ([dL/dW_i, dL/db_i, ...] in
-    ``net.parameters()`` order, [Δh_i = −dL/dh_i for hidden i], δ_L = dL/da_L).
+    ``net.parameters()`` order, [Δh_i = −dL/dh_i for hidden i], δ_L = dL/da_L). ``generator``: where a net that
+    draws (input noise, sampled units) takes its draws, by default the net's own.
     """
-    fwd = net.forward_all(x)
+    fwd = net.forward_all(x, generator)
     delta_L = output_delta(loss, net.activations[-1], fwd, target, reduction)
     feedback = [None, None] + [W.mT for W in net.W[1:]]
     delta, delta_h = propagate_through_feedback(net, fwd, delta_L, feedback)
