@@ -229,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = pd.concat([pd.read_csv(tables / f"{e}_comparison.csv") for e in names], ignore_index=True)
     table.to_csv(tables / "paper_comparison.csv", index=False)
     provs = {e: json.loads((tables / f"{e}_provenance.json").read_text()) for e in cfg["experiments"] if e in names}
-    lines = [f"- {e}: {p['runs']} runs" + (f" (PARTIAL: {len(p['missing_runs'])} more still training)" if p.get("partial")
+    lines = [f"- {e}: {p['runs']} runs" + (f" (PARTIAL: {len(p['missing_runs'])} more not finished: training or not started)" if p.get("partial")
                                           else "") + f", seeds {p['seeds']}, commit {', '.join(_short(c) for c in p['git_commits'])}, "
              f"device {', '.join(p['devices'])}, torch {', '.join(p['torch'])}, "
              f"total training wall time {p['wall_seconds_total']:.0f} s" for e, p in provs.items()]
