@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import MIRROR, REPO, REPO_CONFIG, method_with_rule, mnist_experiment
 
-from biocredit.data import DATASET_FOLDERS
+from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 from biocredit.tracking import find_offline_runs, read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -224,8 +224,7 @@ def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(work
     for marker in markers:  # a real re-verification: a new verified.json (new time stamp), newer than every run
         before = json.loads(marker.read_text())
         marker.unlink()
-        dataset = {folder: name for name, folder in DATASET_FOLDERS.items()}[marker.parent.name]
-        subprocess.run([sys.executable, "-m", "biocredit", "prepare-data", dataset, "--data-dir", str(data_dir),
+        subprocess.run([sys.executable, "-m", "biocredit", "prepare-data", FOLDER_TO_DATASET[marker.parent.name], "--data-dir", str(data_dir),
                         "--no-download"], cwd=workflow.root, env=workflow.env, check=True, capture_output=True)
         after = json.loads(marker.read_text())
         assert after["sha256"] == before["sha256"]

@@ -126,6 +126,7 @@ _SPECS: dict[str, _Spec] = {
 
 # The folder under data_dir that holds each dataset (torchvision's layout); verified.json lives there.
 DATASET_FOLDERS: dict[str, str] = {name: spec.folder for name, spec in _SPECS.items()}
+FOLDER_TO_DATASET: dict[str, str] = {folder: name for name, folder in DATASET_FOLDERS.items()}
 
 
 # --------------------------------------------------------------------------------------------------------

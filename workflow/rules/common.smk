@@ -8,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from biocredit.config import SCHEMA_PATH, ConfigError, ensemble_seeds, resolve_run, seeds
 from biocredit.ensemble import seeds_label
 from biocredit.config import validate as biocredit_validate
-from biocredit.data import DATASET_FOLDERS
+from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 
 if isinstance(config.get("ensembles"), str):  # --config ensembles=false arrives as a string
     config["ensembles"] = yaml.safe_load(config["ensembles"])

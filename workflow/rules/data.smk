@@ -1,6 +1,3 @@
-FOLDER_TO_DATASET = {folder: name for name, folder in DATASET_FOLDERS.items()}
-
-
 rule prepare_data:
     output:
         f"{DATA}/{{folder}}/verified.json",
