@@ -130,3 +130,34 @@ def test_compare_tabulates_the_aggregated_experiments_and_names_the_others(capsy
     md = (tmp_path / "smoke" / "tables" / "paper_comparison.md").read_text()
     assert "| lillicrap_linear (Fig. 1) |" in md and "lillicrap_mnist (" not in md
     assert "not aggregated at this scale (no table yet): lillicrap_mnist" in md
+
+
+def test_figure_data_before_training_exits_2_naming_the_missing_checkpoint(capsys, tmp_path):
+    rc = cli.main(["figure-data", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+                   "--experiment", "lillicrap_mnist", "--figure", "figS_receptive_fields"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert "checkpoint.pt" in line and "missing" in line and "seed 0" in line
+
+
+def test_figure_data_of_a_curve_figure_exits_2_listing_the_weight_figures(capsys, tmp_path):
+    rc = cli.main(["figure-data", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+                   "--experiment", "lillicrap_mnist", "--figure", "fig2a_test_error"])
+    assert rc == 2
+    assert "figS_receptive_fields" in one_line(capsys.readouterr().err)
+
+
+def test_a_weight_figure_without_its_data_exits_2_saying_how_to_make_it(capsys, tmp_path):
+    import json
+
+    tables = tmp_path / "smoke" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "lillicrap_mnist_curves.csv").write_text("method,epoch,metric,mean,sd,n\n")
+    (tables / "lillicrap_mnist_provenance.json").write_text(json.dumps(
+        {"seeds": [0], "git_commits": ["c"], "devices": ["cpu"], "config_hashes": ["h"]}))
+    rc = cli.main(["figures", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+                   "--experiment", "lillicrap_mnist", "--figure", "figS_receptive_fields"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert "lillicrap_mnist_figS_receptive_fields.npz" in line and "figure-data" in line
+    assert not (tmp_path / "smoke" / "figures").exists() or not any((tmp_path / "smoke" / "figures").iterdir())

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import MIRROR, REPO, REPO_CONFIG, method_with_rule, mnist_experiment
 
+from biocredit.config import WEIGHT_FIGURE_KINDS
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 from biocredit.tracking import find_offline_runs, read_offline_run
 
@@ -84,9 +85,14 @@ def new_workflow(root: Path) -> Workflow:
     """A working directory holding the tiny config.yaml (nothing run yet)."""
     cfg = tiny_config(root)
     (root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return Workflow(root, cfg, workflow_env(root))
+
+
+def workflow_env(root: Path) -> dict[str, str]:
+    """This process's environment for a workflow in ``root``: W&B offline (its settings in ``root``), the mirror."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="offline", BIOCREDIT_DATA_MIRROR=str(MIRROR), WANDB_CONFIG_DIR=str(root / ".wandb"))
-    return Workflow(root, cfg, env)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +218,75 @@ def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Nothing to be done" in out, f"a second run would redo jobs:\n{out[-3000:]}"
+
+
+def stamp_in_path_order(root: Path, paths: list[Path]) -> None:
+    """Give ``paths`` strictly increasing mtimes in the order of their paths relative to ``root``, as a git
+    checkout writes them (so results/*/tables/ ends up newer than results/*/figures/, whatever the DAG says)."""
+    t0 = 1_700_000_000
+    for k, p in enumerate(sorted(paths, key=lambda q: q.relative_to(root).as_posix())):
+        os.utime(p, (t0 + k, t0 + k))
+
+
+def committed_outputs(results: Path) -> list[Path]:
+    """What the repository commits of a scale's results (.gitignore: runs/, logs/, wandb/ are not)."""
+    keep = ("tables", "figures", "figure_data")
+    return [p for p in results.rglob("*") if p.is_file() and p.relative_to(results).parts[0] in keep]
+
+
+def test_a_fresh_clone_redraws_its_figures_from_committed_files_alone(workflow: Workflow, tmp_path: Path):
+    """A clone has the committed tables, figures and figure data but no run folders (checkpoints), and git sets
+    file times in path order, so the tables look newer than the figures. The workflow must redraw from what is
+    committed: no training, aggregation or checkpoint reading, every figure drawn, and then nothing to do."""
+    clone = new_workflow(tmp_path)
+    for p in committed_outputs(workflow.results):
+        dest = clone.results / p.relative_to(workflow.results)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    weight_figs = [f"{name}_{f['name']}" for name, exp in clone.config["experiments"].items()
+                   for f in exp.get("figures", []) if f["kind"] in WEIGHT_FIGURE_KINDS]
+    assert weight_figs, "config.yaml draws no figure from weights"
+    for stem in weight_figs:
+        assert (clone.results / "figure_data" / f"{stem}.npz").is_file(), stem
+    stamp_in_path_order(clone.root, [clone.root / "config.yaml", *committed_outputs(clone.results)])
+    assert not (clone.results / "runs").exists() and not (clone.root / "data").exists()
+
+    proc = clone.snakemake("-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts.get("figures"), "the path-order times should make the figures look out of date"
+    assert not {"train", "prepare_data", "aggregate", "figure_data"} & set(counts), counts
+    assert not any(rule.startswith("train_ensemble") for rule in counts), counts
+
+    proc = clone.snakemake()
+    assert proc.returncode == 0, f"a fresh clone's workflow failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    for stem in weight_figs:
+        assert (clone.results / "figures" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG", stem
+    proc = clone.snakemake("-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_the_committed_quick_results_need_no_run_folders(tmp_path: Path):
+    """The same for this repository's own committed quick-scale results: planned in a copy of what git tracks
+    (times in path order, no run folders, no data), nothing would train, aggregate or read a checkpoint."""
+    proc = subprocess.run(["git", "ls-files", "-z", "results/quick"], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout:
+        pytest.skip("not a git checkout with committed quick results")
+    tracked = [REPO / f for f in proc.stdout.split("\0") if f]
+    for p in tracked:
+        dest = tmp_path / p.relative_to(REPO)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    (tmp_path / "config.yaml").write_bytes(REPO_CONFIG.read_bytes())
+    stamp_in_path_order(tmp_path, [p for p in tmp_path.rglob("*") if p.is_file()])
+    clone = Workflow(tmp_path, {}, workflow_env(tmp_path))
+    proc = clone.snakemake("-n", "--config", "scale=quick")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out) if "Job stats:" in out else {}
+    assert not {"train", "prepare_data", "aggregate", "figure_data"} & set(counts), counts
+    assert not any(rule.startswith("train_ensemble") for rule in counts), counts
 
 
 def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(workflow: Workflow):

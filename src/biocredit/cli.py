@@ -10,7 +10,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -144,11 +146,49 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+def figure_data_path(cfg: Mapping[str, Any], experiment: str, figure: str) -> Path:
+    """Where a figure drawn from the runs' weights keeps what it shows (committed with the tables)."""
+    return _scale_dir(cfg) / "figure_data" / f"{experiment}_{figure}.npz"
+
+
+def _weight_figures(cfg: Mapping[str, Any], experiment: str, figure: str | None) -> list[Mapping[str, Any]]:
+    from biocredit.figures import WEIGHT_FIGURE_KINDS
+
+    exp = cfg["experiments"][experiment]
+    figs = [f for f in exp.get("figures", []) if f["kind"] in WEIGHT_FIGURE_KINDS and figure in (None, f["name"])]
+    if figure and not figs:
+        raise ConfigError(f"experiments.{experiment}.figures: no figure {figure!r} drawn from weights; those are: "
+                          + (", ".join(f["name"] for f in exp.get("figures", []) if f["kind"] in WEIGHT_FIGURE_KINDS)
+                             or "none"))
+    return figs
+
+
+def cmd_figure_data(args: argparse.Namespace) -> int:
+    """Read the seed-0 checkpoints once and keep what a weight figure shows (see figures.figure_data)."""
+    from biocredit.aggregate import run_dir
+    from biocredit.figures import figure_data, save_figure_data
+
+    cfg = _load(args)
+    if args.experiment not in cfg["experiments"]:
+        raise ConfigError(f"--experiment {args.experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
+    exp = cfg["experiments"][args.experiment]
+    first_seed = seeds(cfg, args.experiment)[0]
+    for f in _weight_figures(cfg, args.experiment, args.figure):
+        dirs = {m: run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, first_seed)
+                for m in f.get("methods") or exp["methods"]}
+        for d in dirs.values():
+            if not (Path(d) / "checkpoint.pt").is_file():
+                raise ConfigError(f"{Path(d) / 'checkpoint.pt'}: missing; figure {f['name']} is drawn from the "
+                                  f"final weights of seed {first_seed}: train that run first (snakemake)")
+        arrays, meta = figure_data(exp, f, dirs, Path(cfg.get("data", {}).get("dir", "data")))
+        print(save_figure_data(figure_data_path(cfg, args.experiment, f["name"]), arrays, meta))
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from biocredit.aggregate import run_dir
-    from biocredit.figures import plot_curves, plot_features, plot_receptive_fields, plot_reconstructions
+    from biocredit.figures import WEIGHT_FIGURE_KINDS, plot_curves, plot_weight_figure
 
     cfg = _load(args, rules=False)
     exp = cfg["experiments"][args.experiment]
@@ -161,16 +201,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
         if args.figure and f["name"] != args.figure:
             continue
         stem = figs / f"{args.experiment}_{f['name']}"
-        if f["kind"] in ("receptive_fields", "reconstructions", "features"):  # drawn from the runs' final weights
-            first_seed = seeds(cfg, args.experiment)[0]
-            dirs = {m: run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, first_seed)
-                    for m in f.get("methods") or exp["methods"]}
-            if f["kind"] == "receptive_fields":
-                paths = plot_receptive_fields(exp, f, dirs, stem, note)
-            elif f["kind"] == "features":
-                paths = plot_features(exp, f, dirs, stem, note)
-            else:
-                paths = plot_reconstructions(exp, f, dirs, Path(cfg.get("data", {}).get("dir", "data")), stem, note)
+        if f["kind"] in WEIGHT_FIGURE_KINDS:  # drawn from the runs' final weights, kept by `figure-data`
+            data = figure_data_path(cfg, args.experiment, f["name"])
+            if not data.is_file():
+                raise ConfigError(f"{data}: missing; make it from the runs' checkpoints first: python -m biocredit "
+                                  f"figure-data --experiment {args.experiment} --figure {f['name']} (with this "
+                                  "command's --config/--scale/--set)")
+            paths = plot_weight_figure(data, stem, note)
         else:
             paths = plot_curves(stats, exp, f, stem, note)
         for p in paths:
@@ -300,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                            help="aggregate the runs that have finished so far (a long paper-scale experiment in "
                                 "progress); every verdict then says how many of the scale's seeds it rests on")
         p.set_defaults(func=func)
+    p = sub.add_parser("figure-data", help="keep what the figures drawn from weights show (receptive fields, "
+                                          "filters, reconstructions), read from the first seed's checkpoints")
+    _common(p)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--figure", help="only this figure (a name from the experiment's figures)")
+    p.set_defaults(func=cmd_figure_data)
     p = sub.add_parser("analysis", help="compute an analysis of update equations (e.g. the 1-1-1 FA dynamics)")
     _common(p)
     p.add_argument("--analysis", required=True)

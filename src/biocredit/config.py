@@ -23,6 +23,8 @@ SCHEMA_PATH = Path(str(resources.files("biocredit") / "config.schema.yaml"))
 SCALES = ("smoke", "quick", "paper")
 INPUT_SIZE = {"mnist": 784, "fashion_mnist": 784, "cifar10": 3072}
 N_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+# Figure kinds drawn from the first seed's final weights (via the committed results/<scale>/figure_data/*.npz)
+WEIGHT_FIGURE_KINDS = ("receptive_fields", "reconstructions", "features")
 
 # Train settings an experiment inherits when it does not set them.
 TRAIN_DEFAULTS: dict[str, Any] = {

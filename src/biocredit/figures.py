@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 if TYPE_CHECKING:
@@ -105,58 +107,27 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     return save_figure(fig, out_stem, provenance)
 
 
-def plot_receptive_fields(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
-                          out_stem: Path, provenance: str = "") -> list[Path]:
-    """Incoming weights of ``n_units`` random hidden units (the same units in every panel) as 28×28 images:
-    the initial weights, then each method's final weights (Lillicrap preprint, supplementary figure), and
-    below them each method's change since its initialisation (what learning wrote into the weights).
+# --- Figures drawn from the runs' weights -------------------------------------------------------------------------
+# Run folders (checkpoints) are not committed, so these figures are drawn in two steps: `figure_data` reads the
+# seed-0 checkpoints (and, for reconstructions, the test images) and keeps exactly what the figure shows in a small
+# .npz under results/<scale>/figure_data/, which is committed beside the tables; `plot_weight_figure` draws from
+# that file alone. A fresh clone can thus redraw every committed figure without retraining anything.
+from biocredit.config import WEIGHT_FIGURE_KINDS  # noqa: E402, F401  (re-exported)
 
-    ``run_dirs`` maps method -> the run folder (seed 0) holding ``checkpoint.pt``.
-    """
+
+def _pack_rows(M: torch.Tensor) -> dict[str, Any]:
+    """Rows of ``M`` (units × pixels) stored compactly: each row z-scored (float16) with its mean and sd (float32).
+
+    The figures draw every row with its own contrast, so the float16 z-scores are what is shown, to far better
+    than the 256 grey levels of the image; mean + sd·z gives the weights back (to float16's relative precision).
+    A constant row (no change since initialisation, say) keeps sd 0 and z-scores 0."""
     import torch
 
-    from biocredit.nets import build_net
-
-    n_units = fig_cfg.get("n_units", 100)
-    side = int(math.ceil(math.sqrt(n_units)))
-    from biocredit.rules import RULES
-
-    panels: list[tuple[str, torch.Tensor]] = []
-    changes: list[tuple[str, torch.Tensor]] = []
-    first = None
-    for mname, d in run_dirs.items():
-        state = torch.load(Path(d) / "checkpoint.pt", map_location="cpu", weights_only=False)
-        run_cfg = state["run_config"]
-        gen = torch.Generator().manual_seed(run_cfg["seed"])  # rebuild the run's own initial weights (and masks)
-        init = build_net(run_cfg["net"], gen)
-        RULES[run_cfg["rule"]](init, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], gen)
-        if first is None:
-            panels.append(("Initial", init.W[0].detach()))
-            changes.append(("", torch.zeros_like(init.W[0])))
-            first = run_cfg
-        label = exp["methods"][mname].get("label", mname)
-        panels.append((label, state["net"]["W.0"]))
-        changes.append((f"{label}\nchange since initialisation", state["net"]["W.0"] - init.W[0].detach()))
-    n_hidden, n_in = panels[0][1].shape
-    img = int(math.isqrt(n_in))
-    units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.8), squeeze=False)
-    for ax, (title, W) in zip([*axes[0], *axes[1]], [*panels, *changes], strict=True):
-        if not title:
-            ax.axis("off")
-            continue
-        tiles = torch.zeros(side * (img + 1), side * (img + 1))
-        for k, u in enumerate(units.tolist()):
-            w = W[u].reshape(img, img)
-            w = (w - w.mean()) / (w.std() + 1e-12)  # per-unit contrast, as receptive-field plots do
-            r, c = divmod(k, side)
-            tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = w
-        ax.imshow(tiles.numpy(), cmap="gray", vmin=-3, vmax=3)
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"{exp['title']}: receptive fields of {n_units} random hidden units (seed {first['seed']})",
-                 fontsize=9)
-    return save_figure(fig, out_stem, provenance)
+    M = M.detach().to(torch.float64)
+    mean, sd = M.mean(-1, keepdim=True), M.std(-1, keepdim=True)
+    z = torch.where(sd > 0, (M - mean) / sd.clamp_min(1e-300), torch.zeros_like(M))
+    return {"z": z.to(torch.float16).numpy(), "mean": mean.squeeze(-1).to(torch.float32).numpy(),
+            "sd": sd.squeeze(-1).to(torch.float32).numpy()}
 
 
 def _load_final_net(run_dir: Path):
@@ -172,92 +143,168 @@ def _load_final_net(run_dir: Path):
     return net.eval(), run_cfg
 
 
-def _tile(ax, images: torch.Tensor, side: int, img: int, *, cmap: str = "gray", vmin: float = -3, vmax: float = 3) -> None:
-    """Draw ``images`` (k × img·img) as a side × side mosaic with one-pixel gaps."""
-    import torch
-
-    tiles = torch.full((side * (img + 1), side * (img + 1)), float("nan"))
-    for k, im in enumerate(images):
-        r, c = divmod(k, side)
-        tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = im.reshape(img, img)
-    ax.imshow(tiles.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.axis("off")
-
-
-def plot_reconstructions(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
-                         data_dir: Path, out_stem: Path, provenance: str = "") -> list[Path]:
-    """The first ``n_images`` test images (top row) and their reconstructions z = g(f(x)) by each method's
-    final auto-encoder (one row per method, clean inputs), Lee et al. 2015 §3.5. Each row's label carries the
-    method's reconstruction loss on these images (½‖z − x‖², mean over them)."""
-    import torch
-
-    from biocredit import data as datasets
-    from biocredit.train import preprocess, preprocess_stats
-
-    n = fig_cfg.get("n_images", 10)
-    rows: list[tuple[str, torch.Tensor]] = []
-    for mname, d in run_dirs.items():
-        net, run_cfg = _load_final_net(d)
-        if not rows:
-            images, _ = datasets.load_arrays(run_cfg["dataset"], data_dir, "test")
-            stats = None
-            if run_cfg["preprocess"] != "unit_interval":
-                train_images, _ = datasets.load_arrays(run_cfg["dataset"], data_dir, "train")
-                stats = preprocess_stats(train_images[: len(train_images) - (run_cfg.get("valid_size") or 0)],
-                                         run_cfg["preprocess"])
-            x = preprocess(images[:n], run_cfg["preprocess"], stats)
-            rows.append(("Original (test)", x))
-        with torch.no_grad():
-            z = net(x)
-        loss = float(0.5 * ((z - x) ** 2).sum(1).mean())
-        rows.append((f"{exp['methods'][mname].get('label', mname)}\n½‖z − x‖² = {loss:.2f}", z))
-    img = int(math.isqrt(x.shape[1]))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.0 * n + 1.6, 1.1 * len(rows) + 0.5), squeeze=False)
-    for r, (label, ims) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(ims[c].reshape(img, img).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(textwrap.fill(f"{exp['title']}: test images and their reconstructions", 90), fontsize=9)
-    return save_figure(fig, out_stem, provenance)
-
-
-def plot_features(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
-                  out_stem: Path, provenance: str = "") -> list[Path]:
-    """The features (filters) an auto-encoder learned: the incoming weights W₁ of ``n_units`` random hidden
-    units (the same units in every panel, seed 0) as images, one column per method, per-unit contrast; below,
-    each method's change since its initialisation (rebuilt from the run's seed, as the trainer draws it) and,
-    for an untied auto-encoder, the decoder's filters (the same units' outgoing weights, columns of W₂; a tied
-    one's are the encoder's, W₂ = W₁ᵀ, and are not drawn twice)."""
+def _initial_net(run_cfg: Mapping[str, Any]):
+    """The run's own initial net, rebuilt from its seed as the trainer draws it (the rule's setup included: it
+    may draw from the same generator, e.g. sparse FA's masks, so it must run to leave the weights as trained)."""
     import torch
 
     from biocredit.nets import build_net
+    from biocredit.rules import RULES
+
+    gen = torch.Generator().manual_seed(run_cfg["seed"])
+    init = build_net(run_cfg["net"], gen)
+    RULES[run_cfg["rule"]](init, run_cfg["params"], run_cfg["loss"], run_cfg["train"]["reduction"], gen)
+    return init
+
+
+def _random_units(n_hidden: int, n_units: int):
+    import torch
+
+    return torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
+
+
+def figure_data(exp: Mapping[str, Any], fig_cfg: Mapping[str, Any], run_dirs: Mapping[str, Path],
+                data_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, meta) of a weight figure, read from the runs' ``checkpoint.pt`` (``run_dirs``: method -> the
+    run folder of the first seed). Written by :func:`save_figure_data`, drawn by :func:`plot_weight_figure`."""
+    import torch
+
+    kind = fig_cfg["kind"]
+    arrays: dict[str, Any] = {}
+    meta: dict[str, Any] = {"kind": kind, "figure": fig_cfg["name"], "title": exp["title"],
+                            "runs": {m: str(d) for m, d in run_dirs.items()}}
+    labels = {m: exp["methods"][m].get("label", m) for m in run_dirs}
+    if kind == "reconstructions":
+        from biocredit import data as datasets
+        from biocredit.train import preprocess, preprocess_stats
+
+        n = fig_cfg.get("n_images", 10)
+        rows, row_labels = [], []
+        for mname, d in run_dirs.items():
+            net, run_cfg = _load_final_net(d)
+            if not rows:
+                images, _ = datasets.load_arrays(run_cfg["dataset"], Path(data_dir or "data"), "test")
+                stats = None
+                if run_cfg["preprocess"] != "unit_interval":
+                    train_images, _ = datasets.load_arrays(run_cfg["dataset"], Path(data_dir or "data"), "train")
+                    stats = preprocess_stats(train_images[: len(train_images) - (run_cfg.get("valid_size") or 0)],
+                                             run_cfg["preprocess"])
+                x = preprocess(images[:n], run_cfg["preprocess"], stats)
+                rows.append(x)
+                row_labels.append("Original (test)")
+                meta["seed"] = run_cfg["seed"]
+            with torch.no_grad():
+                z = net(x)
+            loss = float(0.5 * ((z - x) ** 2).sum(1).mean())
+            rows.append(z)
+            row_labels.append(f"{labels[mname]}\n½‖z − x‖² = {loss:.2f}")
+        arrays["images"] = torch.stack(rows).to(torch.float32).numpy()
+        meta["row_labels"] = row_labels
+        return arrays, meta
 
     n_units = fig_cfg.get("n_units", 100)
-    side = int(math.ceil(math.sqrt(n_units)))
-    panels = []
+    titles: list[list[str]] = []  # one column of panels per entry
+    mats: list[list[torch.Tensor]] = []
     for mname, d in run_dirs.items():
         net, run_cfg = _load_final_net(d)
-        init = build_net(run_cfg["net"], torch.Generator().manual_seed(run_cfg["seed"])).W[0].detach()
-        label = exp["methods"][mname].get("label", mname)
-        shown = [(f"{label}: encoder W₁", net.W[0].detach()),
-                 (f"{label}: encoder, change since initialisation", net.W[0].detach() - init)]
-        if net.n_layers == 2 and net.sizes[-1] == net.sizes[0] and not net.tied:  # untied: the decoder's too
-            shown.append((f"{label}: decoder W₂ᵀ (columns of W₂)", net.W[1].detach().T))
-        panels.append(shown)
-    n_hidden, n_in = panels[0][0][1].shape
+        meta.setdefault("seed", run_cfg["seed"])
+        init = _initial_net(run_cfg).W[0].detach()
+        final = net.W[0].detach()
+        if kind == "receptive_fields":
+            if not mats:
+                titles.append(["Initial", ""])
+                mats.append([init, torch.zeros_like(init)])
+            titles.append([labels[mname], f"{labels[mname]}\nchange since initialisation"])
+            mats.append([final, final - init])
+        elif kind == "features":
+            col_t = [f"{labels[mname]}: encoder W₁", f"{labels[mname]}: encoder, change since initialisation"]
+            col_m = [final, final - init]
+            if net.n_layers == 2 and net.sizes[-1] == net.sizes[0] and not net.tied:  # untied: the decoder's too
+                col_t.append(f"{labels[mname]}: decoder W₂ᵀ (columns of W₂)")
+                col_m.append(net.W[1].detach().T)
+            titles.append(col_t)
+            mats.append(col_m)
+        else:
+            raise ValueError(f"figure kind {kind!r} is not drawn from weights")
+    units = _random_units(mats[0][0].shape[0], n_units)
+    packed = [[_pack_rows(M[units]) for M in col] for col in mats]
+    for key in ("z", "mean", "sd"):
+        arrays[key] = np.stack([np.stack([p[key] for p in col]) for col in packed])  # columns × rows × units (× pixels)
+    arrays["units"] = units.numpy()
+    meta["titles"] = titles
+    return arrays, meta
+
+
+def save_figure_data(path: Path, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
+    """``arrays`` and ``meta`` (JSON) in one compressed .npz, loadable without pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:  # a file handle: numpy would otherwise append .npz to a name without it
+        np.savez_compressed(fh, meta=np.array(json.dumps(meta, ensure_ascii=False)), **arrays)
+    return path
+
+
+def load_figure_data(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+        meta = json.loads(str(f["meta"]))
+    return arrays, meta
+
+
+def _tile(ax, images, side: int, img: int, *, cmap: str = "gray", vmin: float = -3, vmax: float = 3,
+          gap: float = np.nan) -> None:
+    """Draw ``images`` (k × img·img) as a side × side mosaic with one-pixel gaps of value ``gap`` (nan: blank)."""
+    tiles = np.full((side * (img + 1), side * (img + 1)), gap, dtype=np.float32)
+    for k, im in enumerate(images):
+        r, c = divmod(k, side)
+        tiles[r * (img + 1): r * (img + 1) + img, c * (img + 1): c * (img + 1) + img] = np.reshape(im, (img, img))
+    ax.imshow(tiles, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.axis("off")
+
+
+def plot_weight_figure(path: Path, out_stem: Path, provenance: str = "") -> list[Path]:
+    """Draw a figure from its saved data (:func:`figure_data`); dispatches on the kind recorded in the file."""
+    arrays, meta = load_figure_data(path)
+    kind = meta["kind"]
+    if kind == "reconstructions":
+        return _plot_reconstructions(arrays, meta, out_stem, provenance)
+    z, titles = arrays["z"], meta["titles"]
+    n_cols, n_rows, n_units, n_in = z.shape
+    side, img = int(math.ceil(math.sqrt(n_units))), int(math.isqrt(n_in))
+    if kind == "receptive_fields":
+        # Lillicrap preprint, supplementary figure: initial weights, then each method's final weights (top) and
+        # what learning wrote into them (bottom)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 6.8), squeeze=False)
+        caption = f"{meta['title']}: receptive fields of {n_units} random hidden units (seed {meta['seed']})"
+    else:
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 3.6 * n_rows), squeeze=False)
+        caption = textwrap.fill(f"{meta['title']}: filters of {n_units} random hidden units (seed {meta['seed']})", 90)
+    for c in range(n_cols):
+        for r in range(n_rows):
+            ax = axes[r][c]
+            if not titles[c][r]:
+                ax.axis("off")
+                continue
+            # per-unit contrast, as receptive-field plots do; Lillicrap's grid has mid-grey gaps
+            _tile(ax, z[c, r].astype("float32"), side, img, gap=0.0 if kind == "receptive_fields" else np.nan)
+            ax.set_title(titles[c][r], fontsize=8)
+    fig.suptitle(caption, fontsize=9)
+    return save_figure(fig, out_stem, provenance)
+
+
+def _plot_reconstructions(arrays: Mapping[str, Any], meta: Mapping[str, Any], out_stem: Path,
+                          provenance: str) -> list[Path]:
+    """Lee et al. 2015 §3.5: the first test images (top row) and their reconstructions z = g(f(x)) by each
+    method's final auto-encoder (one row per method, clean inputs, with its loss ½‖z − x‖² on these images)."""
+    images, labels = arrays["images"], meta["row_labels"]
+    n_rows, n, n_in = images.shape
     img = int(math.isqrt(n_in))
-    units = torch.randperm(n_hidden, generator=torch.Generator().manual_seed(0))[:n_units]
-    n_rows = len(panels[0])
-    fig, axes = plt.subplots(n_rows, len(panels), figsize=(3.4 * len(panels), 3.6 * n_rows), squeeze=False)
-    for k, shown in enumerate(panels):
-        for ax, (t, M) in zip([axes[r][k] for r in range(n_rows)], shown, strict=True):
-            w = M[units]
-            w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-12)
-            _tile(ax, w, side, img)
-            ax.set_title(t, fontsize=8)
-    fig.suptitle(textwrap.fill(f"{exp['title']}: filters of {n_units} random hidden units (seed "
-                               f"{run_cfg['seed']})", 90), fontsize=9)
+    fig, axes = plt.subplots(n_rows, n, figsize=(1.0 * n + 1.6, 1.1 * n_rows + 0.5), squeeze=False)
+    for r in range(n_rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(images[r, c].reshape(img, img), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(labels[r], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(textwrap.fill(f"{meta['title']}: test images and their reconstructions", 90), fontsize=9)
     return save_figure(fig, out_stem, provenance)

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from biocredit.config import SCHEMA_PATH, ConfigError, ensemble_seeds, resolve_run, seeds
+from biocredit.config import SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, ensemble_seeds, resolve_run, seeds
 from biocredit.ensemble import seeds_label
 from biocredit.config import validate as biocredit_validate
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
@@ -72,6 +72,21 @@ def data_source_flags():
     d = config.get("data", {})
     flags = [f"--mirror {shlex.quote(str(d['mirror']))}"] if d.get("mirror") else []
     return " ".join(flags + ["--download" if d.get("download", True) else "--no-download"])
+
+
+def figure_cfg(w):
+    return next(f for f in experiment_cfg(w.experiment)["figures"] if f["name"] == w.fig)
+
+
+def figure_inputs(w):
+    """The experiment's tables and, for a figure drawn from weights, the data that rule figure_data keeps."""
+    inputs = {
+        "curves": f"{RESULTS}/tables/{w.experiment}_curves.csv",
+        "provenance": f"{RESULTS}/tables/{w.experiment}_provenance.json",
+    }
+    if figure_cfg(w)["kind"] in WEIGHT_FIGURE_KINDS:
+        inputs["data"] = f"{RESULTS}/figure_data/{w.experiment}_{w.fig}.npz"
+    return inputs
 
 
 def figure_files(experiment):

@@ -1,7 +1,30 @@
+rule figure_data:
+    # What a figure drawn from the runs' weights shows (receptive fields, filters, reconstructions), read from
+    # the first seed's checkpoints into a small file committed with the tables: run folders are not committed,
+    # so a fresh clone redraws these figures from it without retraining.
+    input:
+        runs=lambda w: expand(
+            f"{RESULTS}/runs/{w.experiment}/{{method}}/seed{seeds(config, w.experiment)[0]}/summary.json",
+            method=figure_cfg(w).get("methods") or list(experiment_cfg(w.experiment)["methods"]),
+        ),
+        data=lambda w: dataset_marker(w.experiment) if figure_cfg(w)["kind"] == "reconstructions" else [],
+    output:
+        f"{RESULTS}/figure_data/{{experiment}}_{{fig}}.npz",
+    params:
+        figure=figure_cfg,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/figure_data/{{experiment}}_{{fig}}.log",
+    message:
+        "Reading the weights that figure {wildcards.fig} of {wildcards.experiment} shows"
+    shell:
+        f"{cli('figure-data')} --experiment {{wildcards.experiment}} --figure {{wildcards.fig}} > {{log}} 2>&1"
+
+
 rule figures:
     input:
-        curves=rules.aggregate.output.curves,
-        provenance=rules.aggregate.output.provenance,
+        unpack(figure_inputs),
     output:
         [
             report(
@@ -12,7 +35,7 @@ rule figures:
             f"{RESULTS}/figures/{{experiment}}_{{fig}}.pdf",
         ],
     params:
-        figure=lambda w: next(f for f in experiment_cfg(w.experiment)["figures"] if f["name"] == w.fig),
+        figure=figure_cfg,
         methods=lambda w: experiment_cfg(w.experiment)["methods"],
     conda:
         "../../environment.yml"
