@@ -39,6 +39,8 @@ from conftest import (
 )
 from slurm_helpers import SlurmCluster, unavailable_reason
 
+from biocredit.config import WEIGHT_FIGURE_KINDS
+
 pytestmark = pytest.mark.slow
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -267,7 +269,10 @@ def test_the_workflow_runs_through_slurm_and_matches_a_local_run(cluster: SlurmC
     comments = [j["Comment"] for j in jobs]
     assert sorted(c for c in comments if c.startswith("rule_train_")) == sorted(
         f"rule_train_wildcards_{exp}_{m}_0" for m in methods), comments
-    for rule in ("aggregate", "figures", "analysis", "compare"):  # alone or in the profile's postprocess group
+    expected = ["aggregate", "figures", "analysis", "compare"]
+    if any(f["kind"] in WEIGHT_FIGURE_KINDS for f in slurm.config["experiments"][exp].get("figures", [])):
+        expected.append("figure_data")
+    for rule in expected:  # alone or in the profile's postprocess group
         assert any(rule in c for c in comments), f"no SLURM job ran rule {rule}: {comments}"
 
     assert_same_runs(slurm, local, methods)
