@@ -93,3 +93,26 @@ def test_without_a_validation_set_an_early_stopped_number_has_no_runs(tmp_path):
     assert "valid_best_epoch" not in runs_df.columns and s["status"] == "completed"
     rep = {"method": "dtp", "metric": "test_error", "value": 45.0, "tolerance": 1.5, "source": "s", "at": "valid_best"}
     assert comparison_rows("e", {"reported": [rep]}, runs_df, "paper").iloc[0]["verdict"] == "no finished run"
+
+
+def test_a_run_resumed_at_another_commit_lists_both_commits_in_the_provenance(tmp_path):
+    """A killed run resumed after a commit trained under two commits: the runs table and the experiment's
+    provenance name both (older summaries without segments still give their one commit)."""
+    import json
+
+    from biocredit.aggregate import load_runs, provenance_record
+
+    for seed, prov in ((0, {"git_commit": "bbb", "segments": [{"from_epoch": 0, "to_epoch": 4, "git_commit": "aaa"},
+                                                              {"from_epoch": 4, "to_epoch": 9, "git_commit": "bbb"}]}),
+                       (1, {"git_commit": "ccc"})):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "metrics.csv").write_text("epoch,test_error\n9,1.0\n")
+        (d / "summary.json").write_text(json.dumps({
+            "experiment": "e", "method": "m", "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
+            "epochs_done": 9, "epochs": 9, "final": {"epoch": 9, "test_error": 1.0}, "best_test_error": 1.0,
+            "wall_seconds": 1.0, "provenance": {"config_hash": "h", "device": "cpu", "torch": "t", "n_train": 1,
+                                                "n_test": 1, **prov}}))
+    runs, _ = load_runs([tmp_path / "seed0", tmp_path / "seed1"])
+    assert runs["git_commits"].tolist() == ["aaa;bbb", "ccc"]
+    assert provenance_record(runs)["git_commits"] == ["aaa", "bbb", "ccc"]

@@ -152,6 +152,8 @@ def test_a_killed_ensemble_job_resumes_and_ends_as_separate_uninterrupted_runs(t
         assert resumed == read_metrics(tmp_path / f"alone{s}" / "metrics.csv"), f"seed {s} differs after the resume"
         summary = json.loads((cell / f"seed{s}" / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["seed"] == s
+        segments = [(g["from_epoch"], g["to_epoch"]) for g in summary["provenance"]["segments"]]
+        assert segments == [(0, killed_at), (killed_at, 5)], segments
 
 
 def test_rules_and_tasks_without_a_stacked_form_train_one_seed_at_a_time(tmp_path, one_thread):

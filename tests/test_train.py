@@ -92,7 +92,15 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, con
     resumed = read_metrics(folder / "metrics.csv")
     assert [r["epoch"] for r in resumed] == [str(e) for e in range(7)]
     assert resumed == read_metrics(tmp_path / "uninterrupted" / "metrics.csv")
-    assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # the provenance names both processes that trained it: the epochs each covered and the code each ran
+    segments = summary["provenance"]["segments"]
+    assert [(g["from_epoch"], g["to_epoch"]) for g in segments] == [(0, killed_at["epoch"]), (killed_at["epoch"], 6)]
+    assert all(g["git_commit"] == summary["provenance"]["git_commit"] for g in segments)
+    assert summary["provenance"]["git_commits"] == [summary["provenance"]["git_commit"]]
+    alone = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["provenance"]["segments"]
+    assert [(g["from_epoch"], g["to_epoch"]) for g in alone] == [(0, 6)]
 
 
 def test_a_diverging_run_is_recorded_as_diverged_and_exits_0(small_config, config_file):

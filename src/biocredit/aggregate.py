@@ -24,6 +24,13 @@ def run_dir(results_dir: Path, scale: str, experiment: str, method: str, seed: i
     return Path(results_dir) / scale / "runs" / experiment / method / f"seed{seed}"
 
 
+def segment_commits(provenance: Mapping[str, Any]) -> list[str]:
+    """Every commit a run trained under, in order, without repeats: its training segments' (summary.json
+    ``provenance.segments``, one per process that trained it), or its one ``git_commit`` (older summaries)."""
+    commits = [seg["git_commit"] for seg in provenance.get("segments") or []] or [provenance["git_commit"]]
+    return list(dict.fromkeys(commits))
+
+
 def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run from summary.json, every metrics.csv row with method and seed columns)."""
     summaries, curves = [], []
@@ -35,7 +42,9 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "scale": s["scale"], "status": s["status"], "epochs_done": s["epochs_done"], "epochs": s["epochs"],
             **{f"final_{k}": v for k, v in s["final"].items() if k not in ("epoch",)},
             "best_test_error": s["best_test_error"], "wall_seconds": s["wall_seconds"],
-            "config_hash": prov["config_hash"], "git_commit": prov["git_commit"], "device": prov["device"],
+            "config_hash": prov["config_hash"], "git_commit": prov["git_commit"],
+            # every commit the run trained under (a killed run resumed after a commit has several), ';'-joined
+            "git_commits": ";".join(segment_commits(prov)), "device": prov["device"],
             "torch": prov["torch"], "n_train": prov["n_train"], "n_test": prov["n_test"],
         })
         m = pd.read_csv(d / "metrics.csv")
@@ -200,7 +209,7 @@ def provenance_record(runs: pd.DataFrame) -> dict[str, Any]:
         "runs": len(runs),
         "scale": sorted(runs["scale"].unique().tolist()),
         "seeds": sorted(int(s) for s in runs["seed"].unique()),
-        "git_commits": sorted(runs["git_commit"].unique().tolist()),
+        "git_commits": sorted({c for cs in runs.get("git_commits", runs["git_commit"]) for c in str(cs).split(";")}),
         "config_hashes": sorted(runs["config_hash"].unique().tolist()),
         "devices": sorted(runs["device"].unique().tolist()),
         "torch": sorted(runs["torch"].unique().tolist()),

@@ -43,11 +43,13 @@ from biocredit.train import (
     _write_csv,
     apply_update,
     diverged_row,
+    earlier_segments,
     evaluate_regression,
     finish_run,
     load_task,
     make_optimizer,
     metrics_row,
+    new_segment,
     open_tracker,
     peak_memory_mb,
     resolve_device,
@@ -143,6 +145,7 @@ def train_ensemble(
     diverged_at: list[int | None] = [None] * S
     final_state: dict[int, dict[str, Any]] = {}  # a diverged seed's state when it stopped, as train() keeps it
     start_epoch, wall_before, old_wandb_dirs = 0, 0.0, [None] * S
+    segments: list[dict[str, Any]] = []  # the processes that trained this job (train.new_segment)
     ckpt_path = out_dirs[0].parent / f"checkpoint-seeds{label}.pt"
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
@@ -155,6 +158,7 @@ def train_ensemble(
             rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
             status, diverged_at, final_state = state["run_status"], state["diverged_at"], state["final_state"]
             old_wandb_dirs = state["wandb_run_dirs"]
+            segments = earlier_segments(state)
             _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
@@ -162,6 +166,7 @@ def train_ensemble(
     started = time.time()
     provenance = [{**run_provenance(rc, h, dev, x_train.shape[-2], x_test.shape[-2]), "ensemble_size": S}
                   for rc, h in zip(run_cfgs, chashes, strict=True)]
+    segments.append(new_segment(start_epoch, provenance[0]))
     trackers = [open_tracker(rc, p, wandb_cfg, Path(wandb_dir or d / "wandb"), old, r)
                 for rc, p, d, old, r in zip(run_cfgs, provenance, out_dirs, old_wandb_dirs, rows, strict=True)]
 
@@ -186,15 +191,17 @@ def train_ensemble(
             "rule": unstack(rule.state_dict(), s), "generator": generators[s].get_state(),
             "wall_seconds": wall_before + time.time() - started,
             "wandb_run_dir": str(trackers[s].run_dir) if trackers[s].run_dir else None, "run_config": run_cfgs[s],
+            "segments": [dict(seg) for seg in segments],
         }
 
     def checkpoint(epoch: int) -> None:
+        segments[-1].update(to_epoch=epoch, wall_seconds=time.time() - started)
         state = {
             "config_hashes": chashes, "seeds": seeds, "status": "running", "epoch": epoch, "rows": rows,
             "run_status": status, "diverged_at": diverged_at, "final_state": final_state,
             "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
             "generators": [g.get_state() for g in generators], "wall_seconds": wall_before + time.time() - started,
-            "wandb_run_dirs": [str(t.run_dir) if t.run_dir else None for t in trackers],
+            "wandb_run_dirs": [str(t.run_dir) if t.run_dir else None for t in trackers], "segments": segments,
         }
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
         flush()
@@ -287,7 +294,8 @@ def train_ensemble(
         state = {**state, "status": status[s], "rows": rows[s], "wall_seconds": wall}
         _atomic_write(out_dirs[s] / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
     memory = peak_memory_mb(dev)  # one process for every seed of the ensemble
-    summaries = [finish_run(rc, d, r, st, da, wall, p, tr, memory) for rc, d, r, st, da, p, tr in
+    segments[-1].update(to_epoch=max(r[-1]["epoch"] for r in rows), wall_seconds=time.time() - started)
+    summaries = [finish_run(rc, d, r, st, da, wall, p, tr, memory, segments) for rc, d, r, st, da, p, tr in
                  zip(run_cfgs, out_dirs, rows, status, diverged_at, provenance, trackers, strict=True)]
     ckpt_path.unlink(missing_ok=True)
     return summaries

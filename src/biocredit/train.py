@@ -274,6 +274,21 @@ def run_provenance(run_cfg: Mapping[str, Any], chash: str, dev: torch.device, n_
     }
 
 
+def earlier_segments(state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The training segments a checkpoint records (one per process that trained the run; a killed run resumed
+    at another commit has two). A checkpoint written before segments were recorded gives one of unknown commit."""
+    if "segments" in state:
+        return [dict(seg) for seg in state["segments"]]
+    return [{"from_epoch": 0, "to_epoch": state["epoch"], "git_commit": "unknown (checkpoint without segments)"}]
+
+
+def new_segment(start_epoch: int, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """This process's segment of the run: the epochs it trains and the code, host and device it trains them on."""
+    return {"from_epoch": start_epoch, "to_epoch": start_epoch,
+            **{k: provenance[k] for k in ("git_commit", "host", "device", "torch")},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": 0.0}
+
+
 def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wandb_cfg: Mapping[str, Any] | None,
                  wandb_dir: Path, old_wandb_dir: str | None, rows: list[dict[str, Any]]) -> WandbRun:
     """The run's W&B run; on resume it replaces the interrupted one and replays the rows logged so far."""
@@ -353,9 +368,12 @@ def peak_memory_mb(dev: torch.device) -> dict[str, float]:
 
 def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, Any]], status: str,
                diverged_at: int | None, wall_seconds: float, provenance: Mapping[str, Any],
-               tracker: WandbRun, memory: Mapping[str, float] | None = None) -> dict[str, Any]:
+               tracker: WandbRun, memory: Mapping[str, float] | None = None,
+               segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the run's summary.json and close its W&B run (after its final checkpoint is on disk).
-    ``memory``: the process's peak memory (:func:`peak_memory_mb`), recorded as ``memory`` in both."""
+    ``memory``: the process's peak memory (:func:`peak_memory_mb`), recorded as ``memory`` in both.
+    ``segments``: the processes that trained it (:func:`new_segment`), recorded in the provenance; its
+    ``git_commit`` is the last segment's, ``git_commits`` every segment's."""
     last = rows[-1]
     finite = [r for r in rows if math.isfinite(r.get("test_error", math.nan))]
     summary = {
@@ -366,7 +384,9 @@ def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, A
         "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
         "wall_seconds": wall_seconds,
         "memory": dict(memory or {}),
-        "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "provenance": {**provenance, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       **({"segments": segments,
+                           "git_commits": list(dict.fromkeys(seg["git_commit"] for seg in segments))} if segments else {})},
         "run_config": dict(run_cfg),
         "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None,
     }
@@ -409,6 +429,7 @@ def train(
 
     rows: list[dict[str, Any]] = []
     start_epoch, wall_before, old_wandb_dir = 0, 0.0, None
+    segments: list[dict[str, Any]] = []  # earlier processes' share of this run (see new_segment)
     # What the next metrics row summarises when rows are written every few epochs (scale setting
     # eval_every_epochs): the angles measured and the training seconds of the epochs since the last row.
     window: dict[str, Any] = {"angle_sums": {}, "seconds": 0.0, "epochs": 0}
@@ -423,12 +444,14 @@ def train(
             rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
             old_wandb_dir = state.get("wandb_run_dir")
             window = state.get("window") or window
+            segments = earlier_segments(state)
             _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
 
     started = time.time()
     provenance = run_provenance(run_cfg, chash, dev, len(task.x_train), len(task.x_test))
+    segments.append(new_segment(start_epoch, provenance))
     tracker = open_tracker(run_cfg, provenance, wandb_cfg, Path(wandb_dir or out_dir / "wandb"), old_wandb_dir, rows)
 
     def record(row: dict[str, Any]) -> None:
@@ -437,12 +460,13 @@ def train(
         tracker.log(row)
 
     def checkpoint(epoch: int, status: str) -> None:
+        segments[-1].update(to_epoch=epoch, wall_seconds=time.time() - started)
         state = {
             "config_hash": chash, "status": status, "epoch": epoch, "rows": rows,
             "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
             "generator": generator.get_state(), "wall_seconds": wall_before + time.time() - started,
             "wandb_run_dir": str(tracker.run_dir) if tracker.run_dir else None, "run_config": dict(run_cfg),
-            "window": window,
+            "window": window, "segments": segments,
         }
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
@@ -556,4 +580,4 @@ def train(
 
     checkpoint(rows[-1]["epoch"], status)
     return finish_run(run_cfg, out_dir, rows, status, diverged_at, wall_before + time.time() - started, provenance,
-                      tracker, peak_memory_mb(dev))
+                      tracker, peak_memory_mb(dev), segments)
