@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from biocredit.config import ConfigError, DataError, load_config, resolve_run, seeds
+from biocredit.config import WEIGHT_FIGURE_KINDS, ConfigError, DataError, load_config, resolve_run, seeds
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -152,8 +152,6 @@ def figure_data_path(cfg: Mapping[str, Any], experiment: str, figure: str) -> Pa
 
 
 def _weight_figures(cfg: Mapping[str, Any], experiment: str, figure: str | None) -> list[Mapping[str, Any]]:
-    from biocredit.figures import WEIGHT_FIGURE_KINDS
-
     exp = cfg["experiments"][experiment]
     figs = [f for f in exp.get("figures", []) if f["kind"] in WEIGHT_FIGURE_KINDS and figure in (None, f["name"])]
     if figure and not figs:
@@ -188,7 +186,7 @@ def cmd_figure_data(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from biocredit.figures import WEIGHT_FIGURE_KINDS, plot_curves, plot_weight_figure
+    from biocredit.figures import plot_curves, plot_weight_figure
 
     cfg = _load(args, rules=False)
     exp = cfg["experiments"][args.experiment]

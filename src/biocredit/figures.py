@@ -112,7 +112,6 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
 # seed-0 checkpoints (and, for reconstructions, the test images) and keeps exactly what the figure shows in a small
 # .npz under results/<scale>/figure_data/, which is committed beside the tables; `plot_weight_figure` draws from
 # that file alone. A fresh clone can thus redraw every committed figure without retraining anything.
-from biocredit.config import WEIGHT_FIGURE_KINDS  # noqa: E402, F401  (re-exported)
 
 
 def _pack_rows(M: torch.Tensor) -> dict[str, Any]:
