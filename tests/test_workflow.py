@@ -38,10 +38,11 @@ class Workflow:
     def results(self) -> Path:
         return Path(self.config["results_dir"]) / self.config["scale"]
 
-    def snakemake(self, *args: str, configfile: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"),
+    def snakemake(self, *args: str, configfile: Path | None = None, timeout: float = 300, python: str = sys.executable,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        cmd = [python, "-m", "snakemake", "--cores", "2", "-s", str(REPO / "Snakefile"),
                "--configfile", str(configfile or self.root / "config.yaml"), "--directory", str(self.root), *args]
-        return subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, cwd=self.root, env=env or self.env, capture_output=True, text=True, timeout=timeout)
 
 
 def referenced_methods(exp: dict) -> set[str]:
@@ -336,6 +337,34 @@ def test_a_named_experiment_target_plans_only_that_experiment(workflow: Workflow
     assert set(re.findall(r"Aggregating the runs of (\S+)", out)) == {exp_name}, out[-3000:]
     assert "compare" not in job_counts(out)
     assert workflow.snakemake(exp_name).returncode == 0  # and restores the table for the other tests
+
+
+def test_the_same_environment_at_another_path_reruns_nothing_and_runs_the_jobs(workflow: Workflow, tmp_path: Path):
+    """Snakemake reruns a job whose command text changed ("code" trigger). The commands must not name the absolute
+    path of the interpreter: the same environment reached through another path (a venv rebuilt elsewhere, a second
+    checkout) leaves a finished workflow finished, and its jobs still run with that interpreter, even when PATH
+    does not lead to it."""
+    moved = tmp_path / "env-moved"
+    moved.symlink_to(Path(sys.prefix), target_is_directory=True)
+    python = moved / Path(sys.executable).parent.relative_to(sys.prefix) / Path(sys.executable).name
+    assert subprocess.run([str(python), "-c", "import biocredit, snakemake"], timeout=60).returncode == 0
+
+    proc = workflow.snakemake("-n", python=str(python))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Nothing to be done" in out, f"the moved interpreter would redo jobs:\n{out[-3000:]}"
+
+    # A real job under that interpreter, with a PATH that reaches neither it nor the original environment.
+    exp_name = mnist_experiment(workflow.config)
+    table = workflow.results / "tables" / f"{exp_name}_comparison.csv"
+    before = table.read_text()
+    table.unlink()
+    env = {**workflow.env, "PATH": os.pathsep.join(["/usr/bin", "/bin"])}
+    proc = workflow.snakemake("-p", exp_name, python=str(python), env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert f"{python.name} -m biocredit aggregate" in out and str(sys.prefix) not in out, out[-3000:]
+    assert table.read_text() == before
 
 
 def job_counts(output: str) -> dict[str, int]:
