@@ -47,3 +47,37 @@ def test_weight_rows_are_kept_as_float16_z_scores_that_give_the_weights_back(tmp
     path = save_figure_data(tmp_path / "d" / "f.npz", packed, meta)
     arrays, meta_back = load_figure_data(path)  # no pickle needed
     assert meta_back == meta and np.array_equal(arrays["z"], packed["z"])
+
+
+def test_a_method_at_zero_error_throughout_is_named_on_a_log_axis_not_dropped_silently(tmp_path: Path, monkeypatch):
+    """On a log axis a curve that is 0 at every point after epoch 0 (the discrete net's baseline 1 fits its training
+    set by the first evaluation) has nothing to draw: the figure is still drawn, the other methods' curves are, and
+    the panel says which method is 0 throughout (this raised 'cannot convert float NaN to integer' before)."""
+    import pandas as pd
+
+    import biocredit.figures as figures
+
+    epochs = [0, 10, 20]
+    stats = pd.DataFrame({
+        "method": ["dtp"] * 3 + ["bp_sign"] * 3,
+        "epoch": epochs * 2,
+        "train_error_mean": [90.0, 0.5, 0.2, 90.0, 0.0, 0.0],
+        "train_error_sd": [0.0] * 6, "train_error_min": [90.0, 0.4, 0.1, 90.0, 0.0, 0.0],
+        "train_error_max": [90.0, 0.6, 0.3, 90.0, 0.0, 0.0], "n": [3] * 6,
+    })
+    exp = {"title": "discrete net", "dataset": "mnist",
+           "methods": {"dtp": {"label": "DTP", "rule": "dtp"}, "bp_sign": {"label": "Baseline 1", "rule": "backprop"}}}
+    seen = {}
+
+    def capture(fig, out_stem, provenance=""):
+        ax = fig.axes[0]
+        seen["lines"] = [line.get_label() for line in ax.get_lines()]
+        seen["texts"] = [t.get_text() for t in ax.texts]
+        return save_figure(fig, out_stem, provenance)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    paths = figures.plot_curves(stats, exp, {"name": "err", "metrics": ["train_error"], "log_y": True},
+                                tmp_path / "err")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    assert seen["lines"] == ["DTP (n = 3)"]
+    assert len(seen["texts"]) == 1 and "Baseline 1" in seen["texts"][0] and "DTP" not in seen["texts"][0]

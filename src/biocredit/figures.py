@@ -65,6 +65,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     regression = exp["dataset"].startswith("synthetic_") or exp.get("target") == "input"  # errors are NSEs
     for k, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
         log_y = fig_cfg.get("log_y") and not metric.startswith("angle_")  # log axes for errors, never angles
+        off_axis = []  # methods whose metric is 0 at every point a log axis could show
         for mname in methods:
             method = exp["methods"][mname]
             d = stats[stats["method"] == mname].sort_values(x)
@@ -74,6 +75,9 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
                 d = d[d[f"{metric}_mean"] > 0]
                 if x == "epoch":
                     d = d[d["epoch"] > 0]  # the initial (chance-level) point squashes a log axis
+                if d.empty:  # e.g. a training error of exactly 0 % from the first evaluation on: say so instead
+                    off_axis.append(method.get("label", mname))
+                    continue
             color = method_color(method)
             mean = d[f"{metric}_mean"]
             if fig_cfg.get("band") == "window" and f"{metric}_sd_mean" in d:
@@ -92,6 +96,10 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
             ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), ls=":", lw=1)
         if log_y:
             ax.set_yscale("log")
+        if off_axis:
+            ax.text(0.02, 0.02, textwrap.fill("0 at every point after the start, so not on this log axis: "
+                                              + "; ".join(off_axis), 70),
+                    transform=ax.transAxes, fontsize=6, va="bottom", color="0.25")
         if metric.startswith("angle_"):
             ax.axhline(90, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel(X_LABELS.get(x, x))
