@@ -24,14 +24,13 @@ RESULTS = f"{config['results_dir']}/{SCALE}"
 DATA = config.get("data", {}).get("dir", "data")
 EXPERIMENTS = list(config["experiments"])
 ANALYSES = list(config.get("analyses", {}))
-# Jobs run the interpreter that runs Snakemake, by its name (python, python3.11, ...) with its folder first on PATH:
-# the rule's command text, which Snakemake's "code" rerun trigger compares, then names no absolute path, so a venv
-# rebuilt elsewhere, or a second checkout's, leaves finished jobs finished; under --use-conda the job's activated
-# environment comes first on PATH and its interpreter runs the job. SLURM jobs parse this file again and do the same.
+# Jobs run the interpreter that runs Snakemake, by its name (python3, ...) with its folder first on PATH: the rules'
+# command text, which Snakemake's "code" rerun trigger compares, then names no absolute path, so a venv rebuilt
+# elsewhere, or a second checkout's, leaves finished jobs finished. SLURM jobs parse this file again and do the same.
 PY = Path(sys.executable).name
-_bin = str(Path(sys.executable).parent)
-if os.environ.get("PATH", "").split(os.pathsep)[0] != _bin:
-    os.environ.update(PATH=os.pathsep.join(filter(None, [_bin, os.environ.get("PATH", "")])))  # sets, never requires
+_bin, _path = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+if _path.split(os.pathsep)[0] != _bin:
+    os.environ.update(PATH=os.pathsep.join(filter(None, [_bin, _path])))  # sets PATH, never requires it
 
 # Every job reads the merged config (config.yaml + command-line overrides) from one file, rewritten only
 # when its content changes. Reruns are driven by each job's `params` (its resolved settings), so touching
