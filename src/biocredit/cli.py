@@ -100,6 +100,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select_length(args: argparse.Namespace) -> int:
+    """Choose an experiment's training length by its stopping rule (config ``length_selection``)."""
+    import pandas as pd
+
+    from biocredit import selection
+    from biocredit.config import config_hash
+
+    cfg = _load(args)
+    if args.experiment not in cfg["experiments"]:
+        raise ConfigError(f"--experiment {args.experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
+    run_cfg = selection.selection_run_config(cfg, args.experiment, cfg["scale"])
+    sel = cfg["experiments"][args.experiment]["length_selection"]
+    out = _scale_dir(cfg) / "length_selection" / args.experiment
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is not None and summary["provenance"]["config_hash"] != config_hash(run_cfg):
+        raise ConfigError(f"{summary_path}: a finished selection run of other settings (config "
+                          f"{summary['provenance']['config_hash']}, now {config_hash(run_cfg)}); move {out} away to rerun")
+    if summary is None and not args.report_only:
+        from biocredit.tracking import resolve_mode
+        from biocredit.train import train
+
+        wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
+        summary = train(run_cfg, out, cfg.get("data", {}).get("dir", "data"), device=cfg.get("device", "auto"),
+                        wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb", threads=cfg.get("threads"),
+                        stop_when=selection.stop_rule(sel))
+    if not (out / "metrics.csv").exists():
+        raise ConfigError(f"{out / 'metrics.csv'}: missing; run without --report-only to train the selection run")
+    rows = pd.read_csv(out / "metrics.csv").to_dict("records")
+    commit = summary["provenance"].get("git_commit", "") if summary else _running_commit(out)
+    note = (f"scale {cfg['scale']}; {sel['method']} seed {sel['seed']}; config {config_hash(run_cfg)}; "
+            f"commit {_short(commit)}" if commit else "")
+    report = selection.write_report(out, sel, rows, summary, args.experiment, cfg["scale"], note)
+    print(f"{args.experiment}: {report['status']}: "
+          + (f"epoch {report['selected_epoch']} ({sel['metric']} smoothed {report['best_smoothed']:.4g}; "
+             f"{report['epochs_done']} epochs run)" if report["selected_epoch"] is not None else "no smoothed value yet")
+          + f"; {out / 'length_selection.json'}")
+    return 0
+
+
+def _running_commit(run_folder: Path) -> str:
+    """The git commit of the process now training a run, from its checkpoint ('' if none)."""
+    ckpt = run_folder / "checkpoint.pt"
+    if not ckpt.exists():
+        return ""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return (state.get("segments") or [{}])[-1].get("git_commit", "")
+
+
 def _seed_list(text: str) -> list[int]:
     """``0-19`` or ``0,3,5`` (or both, e.g. ``0-4,9``) as a sorted list of distinct seeds."""
     seeds: set[int] = set()
@@ -335,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                            help="aggregate the runs that have finished so far (a long paper-scale experiment in "
                                 "progress); every verdict then says how many of the scale's seeds it rests on")
         p.set_defaults(func=func)
+    p = sub.add_parser("select-length", help="choose an experiment's training length by its stopping rule "
+                                            "(config length_selection): train the selection run, write the record")
+    _common(p)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--report-only", action="store_true",
+                   help="do not train: write the record from the selection run's metrics so far")
+    p.set_defaults(func=cmd_select_length)
     p = sub.add_parser("figure-data", help="keep what the figures drawn from weights show (receptive fields, "
                                           "filters, reconstructions), read from the first seed's checkpoints")
     _common(p)

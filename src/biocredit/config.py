@@ -165,6 +165,21 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
             if rep.get("at") == "valid_best" and not exp.get("valid_size"):
                 raise ConfigError(f"{where}.reported.{k}.at: valid_best reads each run at its lowest validation "
                                   "error, but the experiment holds out no validation set; set valid_size or at: final")
+        if sel := exp.get("length_selection"):
+            w = f"{where}.length_selection"
+            if sel["method"] not in exp["methods"]:
+                raise ConfigError(f"{w}.method: {sel['method']!r} is not a method of this experiment "
+                                  f"({', '.join(exp['methods'])})")
+            top = max(sc["seeds"] for sc in exp["scales"].values())
+            if sel["seed"] < top:
+                raise ConfigError(f"{w}.seed: {sel['seed']} is an evaluation seed (seeds 0..{top - 1} are trained for "
+                                  f"results); choose a selection seed >= {top}")
+            if sel.get("smooth", 1) % 2 == 0:
+                raise ConfigError(f"{w}.smooth: {sel['smooth']} must be odd (a centred window), e.g. {sel['smooth'] + 1}")
+            if exp["dataset"].startswith("synthetic_"):
+                raise ConfigError(f"{w}: needs an image dataset (it holds out training images)")
+            if sel.get("sets") is not None and sel["sets"] not in exp["scales"]:
+                raise ConfigError(f"{w}.sets: {sel['sets']!r} is not a scale; choose smoke, quick or paper")
         if "probe" in exp and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.probe: a probe needs class labels; {exp['dataset']} has none")
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,7 +369,7 @@ def peak_memory_mb(dev: torch.device) -> dict[str, float]:
 def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, Any]], status: str,
                diverged_at: int | None, wall_seconds: float, provenance: Mapping[str, Any],
                tracker: WandbRun, memory: Mapping[str, float] | None = None,
-               segments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               segments: list[dict[str, Any]] | None = None, stop_reason: str | None = None) -> dict[str, Any]:
     """Write the run's summary.json and close its W&B run (after its final checkpoint is on disk).
     ``memory``: the process's peak memory (:func:`peak_memory_mb`), recorded as ``memory`` in both.
     ``segments``: the processes that trained it (:func:`new_segment`), recorded in the provenance; its
@@ -379,6 +379,7 @@ def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, A
     summary = {
         "experiment": run_cfg["experiment"], "method": run_cfg["method"], "rule": run_cfg["rule"],
         "seed": run_cfg["seed"], "scale": run_cfg["scale"], "status": status, "diverged_at_epoch": diverged_at,
+        **({"stop_reason": stop_reason} if stop_reason else {}),
         "epochs": run_cfg["epochs"], "epochs_done": last["epoch"],
         "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         "best_test_error": min((r["test_error"] for r in finite), default=math.nan),
@@ -407,10 +408,14 @@ def train(
     wandb_cfg: Mapping[str, Any] | None = None,
     wandb_dir: str | os.PathLike | None = None,
     threads: int | None = None,
+    stop_when: Callable[[list[dict[str, Any]]], str | None] | None = None,
 ) -> dict[str, Any]:
     """Train one run described by a resolved run config (:func:`biocredit.config.resolve_run`).
 
     Writes ``metrics.csv``, ``checkpoint.pt`` and finally ``summary.json`` into ``out_dir``; returns the summary.
+    ``stop_when``: called with the metrics rows after every evaluated epoch; a returned reason ends the run
+    there (status ``stopped``, the reason in the summary), e.g. a stopping rule (:mod:`biocredit.selection`).
+    It does not enter the config hash: the same run resumes under it or without it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -497,7 +502,9 @@ def train(
 
     if start_epoch == 0 and not rows:
         record(eval_row(0, {}))
-    status, diverged_at = "completed", None
+    status, diverged_at, stop_reason = "completed", None, None
+    if stop_when is not None and start_epoch > 0 and (stop_reason := stop_when(rows)):
+        status, epochs = "stopped", start_epoch  # a resumed run whose rule had fired: nothing more to train
     decay = (1.0 - tc["weight_decay"]) ** bs if tc["weight_decay_mode"] == "decoupled" else None
     input_noise = float(tc.get("input_noise") or 0.0)  # sd of Gaussian noise added to each training input
     try:
@@ -559,6 +566,10 @@ def train(
             checkpoint(epoch, "running")
             _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.4g}"
                  f"  ({train_seconds:.1f} s train + {row['eval_seconds']:.1f} s eval)")
+            if stop_when is not None and (stop_reason := stop_when(rows)):
+                status = "stopped"
+                _log(f"{tag} STOPPED after epoch {epoch}: {stop_reason}")
+                break
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -580,4 +591,4 @@ def train(
 
     checkpoint(rows[-1]["epoch"], status)
     return finish_run(run_cfg, out_dir, rows, status, diverged_at, wall_before + time.time() - started, provenance,
-                      tracker, peak_memory_mb(dev), segments)
+                      tracker, peak_memory_mb(dev), segments, stop_reason)
