@@ -7,6 +7,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from biocredit.config import SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, ensemble_seeds, resolve_run, seeds
+from biocredit.selection import selection_run_config
 from biocredit.ensemble import seeds_label
 from biocredit.config import validate as biocredit_validate
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET

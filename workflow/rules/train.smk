@@ -61,3 +61,42 @@ for _exp in EXPERIMENTS:
             f" --method {{wildcards.method}} --seeds {{params.seeds}} > {{log}} 2>&1"
 
     workflow.ruleorder(f"train_ensemble_{_exp}", "train")
+
+
+# An experiment whose training length is chosen by a stopping rule (config `length_selection`, e.g. Lillicrap's
+# "the same number of iterations for all, chosen when BP began to overfit"): one selection run on held-out
+# training images, resumable, then its record (JSON + figure). Not part of `all`: at paper scale it is hours of
+# training, run once and its result written into the scale's `epochs` by hand, with the record committed.
+#   snakemake --cores 1 --config scale=paper -- length_selection
+SELECTING = [e for e in EXPERIMENTS if experiment_cfg(e).get("length_selection")]
+
+
+rule select_length:
+    input:
+        data=lambda w: dataset_marker(w.experiment),
+    output:
+        record=f"{RESULTS}/length_selection/{{experiment}}/length_selection.json",
+        figure=f"{RESULTS}/length_selection/{{experiment}}/length_selection.png",
+    wildcard_constraints:
+        experiment="|".join(SELECTING) or "^$",
+    params:
+        # The selection run's settings and the rule: a change reruns this job only.
+        run=lambda w: selection_run_config(config, w.experiment, SCALE),
+        rule=lambda w: experiment_cfg(w.experiment)["length_selection"],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/length_selection/{{experiment}}.log",
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=4000,
+        runtime=2880,
+    message:
+        "Choosing the training length of {wildcards.experiment} by its stopping rule"
+    shell:
+        f"{cli('select-length')} --set threads={{threads}} --experiment {{wildcards.experiment}} > {{log}} 2>&1"
+
+
+rule length_selection:
+    input:
+        expand(f"{RESULTS}/length_selection/{{experiment}}/length_selection.json", experiment=SELECTING),
