@@ -103,6 +103,36 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, con
     assert [(g["from_epoch"], g["to_epoch"]) for g in alone] == [(0, 6)]
 
 
+def test_a_finished_run_given_more_epochs_continues_and_equals_a_longer_run_from_scratch(small_config, config_file,
+                                                                                         tmp_path, capfd):
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    cfg = small_config
+    assert train(config_file(cfg), fa, 0) == 0  # 2 epochs (SMALL_SCALE)
+    folder = default_run_dir(cfg, fa, 0)
+    capfd.readouterr()
+    cfg["experiments"][EXP]["scales"]["smoke"]["epochs"] = 4
+    longer = config_file(cfg, "longer.yaml")
+    assert train(longer, fa, 0) == 0
+    err = capfd.readouterr().err
+    assert "extending the finished run of 2 epochs to 4" in err and "epoch 1/4" not in err
+    assert train(longer, fa, 0, out=tmp_path / "scratch") == 0
+    extended = read_metrics(folder / "metrics.csv")
+    assert [r["epoch"] for r in extended] == [str(e) for e in range(5)]
+    assert extended == read_metrics(tmp_path / "scratch" / "metrics.csv")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs"] == summary["epochs_done"] == 4 and summary["status"] == "completed"
+    assert [(g["from_epoch"], g["to_epoch"]) for g in summary["provenance"]["segments"]] == [(0, 2), (2, 4)]
+    # fewer epochs, or another setting, is not an extension: a fresh run
+    cfg["experiments"][EXP]["scales"]["smoke"]["epochs"] = 3
+    assert train(config_file(cfg, "shorter.yaml"), fa, 0) == 0
+    assert "ignoring a checkpoint" in capfd.readouterr().err
+    assert len(read_metrics(folder / "metrics.csv")) == 4
+    cfg["experiments"][EXP]["scales"]["smoke"]["epochs"] = 5
+    cfg["experiments"][EXP]["train"]["lr"] = 0.002
+    assert train(config_file(cfg, "other.yaml"), fa, 0) == 0
+    assert "ignoring a checkpoint" in capfd.readouterr().err
+
+
 def test_a_diverging_run_is_recorded_as_diverged_and_exits_0(small_config, config_file):
     bp = method_with_rule(small_config, EXP, "backprop")
     cfg = small_config

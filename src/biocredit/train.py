@@ -274,6 +274,21 @@ def run_provenance(run_cfg: Mapping[str, Any], chash: str, dev: torch.device, n_
     }
 
 
+def extendable(state: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> bool:
+    """True if a checkpoint is a finished run of these settings with fewer epochs, which training continues.
+
+    Nothing in training depends on the total number of epochs (the learning rate is constant, each epoch's order
+    comes from (seed, epoch), schedules read the epoch number), so the first N epochs of a longer run are those
+    of the N-epoch run: a finished run extended to M epochs is the M-epoch run. Not for runs that diverged,
+    stopped early or ran a post-training probe (its result sits in the last row)."""
+    old = state.get("run_config")
+    if not old or state.get("status") != "completed" or not isinstance(old.get("epochs"), int):
+        return False
+    if state["epoch"] != old["epochs"] or state["epoch"] >= run_cfg["epochs"] or run_cfg.get("probe"):
+        return False
+    return config_hash({**old, "epochs": run_cfg["epochs"]}) == config_hash(run_cfg)
+
+
 def earlier_segments(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The training segments a checkpoint records (one per process that trained the run; a killed run resumed
     at another commit has two). A checkpoint written before segments were recorded gives one of unknown commit."""
@@ -441,7 +456,8 @@ def train(
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if state["config_hash"] == chash and state["status"] == "running":
+        extends = extendable(state, run_cfg)
+        if (state["config_hash"] == chash and state["status"] == "running") or extends:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optimizer"])
             rule.load_state_dict(state["rule"])
@@ -450,7 +466,9 @@ def train(
             old_wandb_dir = state.get("wandb_run_dir")
             window = state.get("window") or window
             segments = earlier_segments(state)
-            _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
+            _log(f"{tag} " + (f"extending the finished run of {start_epoch} epochs to {run_cfg['epochs']} (the "
+                              "same settings otherwise: the same numbers as a run of that length from scratch)"
+                              if extends else f"resuming from the checkpoint of epoch {start_epoch}"))
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
 
