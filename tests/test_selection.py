@@ -168,7 +168,8 @@ def test_an_experiment_without_a_block_is_refused_in_one_line(tmp_path: Path, cl
     assert "experiments.lillicrap_linear.length_selection: not set" in one_line(proc.stderr)
 
 
-def test_a_resumed_run_whose_rule_had_fired_stops_without_training(small_config: dict, wandb_offline, tmp_path):
+def test_a_resumed_run_whose_rule_had_fired_stops_without_training(small_config: dict, wandb_offline, tmp_path,
+                                                                  one_thread):
     from biocredit.config import resolve_run
     from biocredit.train import train
 

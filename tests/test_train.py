@@ -133,6 +133,39 @@ def test_a_finished_run_given_more_epochs_continues_and_equals_a_longer_run_from
     assert "ignoring a checkpoint" in capfd.readouterr().err
 
 
+def test_an_interrupted_run_resumes_under_a_new_length_it_has_not_passed(small_config, tmp_path, capfd, one_thread):
+    from biocredit.config import resolve_run
+    from biocredit.train import train as train_run
+
+    bp = method_with_rule(small_config, EXP, "backprop")
+    run_cfg = resolve_run(small_config, EXP, bp, 0)
+    data_dir = small_config["data"]["dir"]
+
+    class Crash(Exception):
+        pass
+
+    def crash_after(epoch):
+        def stop(rows):
+            if rows[-1]["epoch"] == epoch:
+                raise Crash  # after that epoch's checkpoint: a process that died there
+        return stop
+
+    with pytest.raises(Crash):
+        train_run({**run_cfg, "epochs": 6}, tmp_path / "run", data_dir, device="cpu", stop_when=crash_after(2))
+    capfd.readouterr()
+    summary = train_run({**run_cfg, "epochs": 3}, tmp_path / "run", data_dir, device="cpu")
+    assert "resuming from the checkpoint of epoch 2 (the run's length changed from 6 to 3 epochs)" in capfd.readouterr().err
+    train_run({**run_cfg, "epochs": 3}, tmp_path / "scratch", data_dir, device="cpu")
+    assert summary["epochs_done"] == 3
+    assert read_metrics(tmp_path / "run" / "metrics.csv") == read_metrics(tmp_path / "scratch" / "metrics.csv")
+    # an interrupted run already past the new length is not cut back: a fresh run
+    with pytest.raises(Crash):
+        train_run({**run_cfg, "epochs": 6}, tmp_path / "past", data_dir, device="cpu", stop_when=crash_after(3))
+    capfd.readouterr()
+    train_run({**run_cfg, "epochs": 2}, tmp_path / "past", data_dir, device="cpu")
+    assert "ignoring a checkpoint" in capfd.readouterr().err
+
+
 def test_a_diverging_run_is_recorded_as_diverged_and_exits_0(small_config, config_file):
     bp = method_with_rule(small_config, EXP, "backprop")
     cfg = small_config

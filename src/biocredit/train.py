@@ -275,18 +275,21 @@ def run_provenance(run_cfg: Mapping[str, Any], chash: str, dev: torch.device, n_
 
 
 def extendable(state: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> bool:
-    """True if a checkpoint is a finished run of these settings with fewer epochs, which training continues.
+    """True if a checkpoint is of these settings but another number of epochs, and training can continue it:
+    a finished run with fewer epochs, or an interrupted one that has not yet passed the new number.
 
     Nothing in training depends on the total number of epochs (the learning rate is constant, each epoch's order
     comes from (seed, epoch), schedules read the epoch number), so the first N epochs of a longer run are those
     of the N-epoch run: a finished run extended to M epochs is the M-epoch run. Not for runs that diverged,
     stopped early or ran a post-training probe (its result sits in the last row)."""
     old = state.get("run_config")
-    if not old or state.get("status") != "completed" or not isinstance(old.get("epochs"), int):
+    if not old or not isinstance(old.get("epochs"), int) or old["epochs"] == run_cfg["epochs"] or run_cfg.get("probe"):
         return False
-    if state["epoch"] != old["epochs"] or state["epoch"] >= run_cfg["epochs"] or run_cfg.get("probe"):
-        return False
-    return config_hash({**old, "epochs": run_cfg["epochs"]}) == config_hash(run_cfg)
+    if state.get("status") == "completed":
+        ok = state["epoch"] == old["epochs"] < run_cfg["epochs"]
+    else:
+        ok = state.get("status") == "running" and state["epoch"] <= run_cfg["epochs"]
+    return ok and config_hash({**old, "epochs": run_cfg["epochs"]}) == config_hash(run_cfg)
 
 
 def earlier_segments(state: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -466,9 +469,13 @@ def train(
             old_wandb_dir = state.get("wandb_run_dir")
             window = state.get("window") or window
             segments = earlier_segments(state)
-            _log(f"{tag} " + (f"extending the finished run of {start_epoch} epochs to {run_cfg['epochs']} (the "
-                              "same settings otherwise: the same numbers as a run of that length from scratch)"
-                              if extends else f"resuming from the checkpoint of epoch {start_epoch}"))
+            if extends and state["status"] == "completed":
+                _log(f"{tag} extending the finished run of {start_epoch} epochs to {run_cfg['epochs']} (the same "
+                     "settings otherwise: the same numbers as a run of that length from scratch)")
+            else:
+                _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}" + (
+                     f" (the run's length changed from {state['run_config']['epochs']} to {run_cfg['epochs']} epochs)"
+                     if extends else ""))
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
 
