@@ -286,7 +286,9 @@ def extendable(state: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> bool:
     if not old or not isinstance(old.get("epochs"), int) or old["epochs"] == run_cfg["epochs"] or run_cfg.get("probe"):
         return False
     if state.get("status") == "completed":
-        ok = state["epoch"] == old["epochs"] < run_cfg["epochs"]
+        # (a run evaluated every k-th epoch whose length is off that grid has a row the longer run would not)
+        ok = state["epoch"] == old["epochs"] < run_cfg["epochs"] and not old["epochs"] % int(
+            old.get("eval_every_epochs") or 1)
     else:
         ok = state.get("status") == "running" and state["epoch"] <= run_cfg["epochs"]
     return ok and config_hash({**old, "epochs": run_cfg["epochs"]}) == config_hash(run_cfg)
