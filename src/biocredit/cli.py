@@ -72,15 +72,21 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's device, W&B and thread settings as the trainers' keyword arguments."""
+    from biocredit.tracking import resolve_mode
+
+    wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
+    return dict(device=cfg.get("device", "auto"), wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb",
+                threads=cfg.get("threads"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from biocredit.aggregate import run_dir
-    from biocredit.tracking import resolve_mode
     from biocredit.train import train
 
     cfg = _load(args)
-    wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
-    kw = dict(device=cfg.get("device", "auto"), wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb",
-              threads=cfg.get("threads"))
+    kw = _train_kwargs(cfg)
     data_dir = cfg.get("data", {}).get("dir", "data")
     if args.seeds is not None:  # several seeds in this one process: a stacked ensemble where the rule allows
         from biocredit.ensemble import train_seeds
@@ -119,12 +125,9 @@ def cmd_select_length(args: argparse.Namespace) -> int:
         raise ConfigError(f"{summary_path}: a finished selection run of other settings (config "
                           f"{summary['provenance']['config_hash']}, now {config_hash(run_cfg)}); move {out} away to rerun")
     if summary is None and not args.report_only:
-        from biocredit.tracking import resolve_mode
         from biocredit.train import train
 
-        wandb_cfg = {**cfg.get("wandb", {}), "mode": resolve_mode(cfg.get("wandb", {}).get("mode"))}
-        summary = train(run_cfg, out, cfg.get("data", {}).get("dir", "data"), device=cfg.get("device", "auto"),
-                        wandb_cfg=wandb_cfg, wandb_dir=_scale_dir(cfg) / "wandb", threads=cfg.get("threads"),
+        summary = train(run_cfg, out, cfg.get("data", {}).get("dir", "data"), **_train_kwargs(cfg),
                         stop_when=selection.stop_rule(sel))
     if not (out / "metrics.csv").exists():
         raise ConfigError(f"{out / 'metrics.csv'}: missing; run without --report-only to train the selection run")
