@@ -1,11 +1,18 @@
 """Hyper-parameter selection where a paper gives none (documented in config.yaml).
 
-Trains every method of an experiment on a *selection* seed (100, never used for results) for each
-candidate value at quick scale and prints the final TRAINING error (NSE for synthetic tasks); the test
-set is never looked at. The swept key is the learning rate by default, or any key of the resolved run
-given as a dotted path with --key (e.g. params.feedback_init.scale, the scale of FA's B). Usage:
+Trains methods of an experiment on a *selection* seed (100, never used for results) for each candidate value
+and prints the final error by which the value is chosen; the test set is never used for the choice. The swept
+key is the learning rate by default, or any key of the resolved run given as a dotted path with --key (e.g.
+params.feedback_init.scale, the scale of FA's B, or net.init.scale, the scale of the initial weights).
+
+By default: quick scale, final TRAINING error (NSE for synthetic tasks). For image datasets, --valid-size N
+holds out the last N training images and the choice reads their error (valid_error) instead; --set overrides
+config keys first (e.g. the number of epochs of the sweep) and --runs keeps each run's folder (metrics.csv,
+and a checkpoint that lets an interrupted sweep resume) instead of a temporary one. Usage:
     python benchmarks/lr_sweep.py lillicrap_linear 0.001,0.002,0.005,0.01,0.02 [method,method]
     python benchmarks/lr_sweep.py lillicrap_teacher 0.1,0.5,1.0 fa3,fa4 --key params.feedback_init.scale
+    python benchmarks/lr_sweep.py lillicrap_mnist 0.05,0.1,0.2,0.5,1.0 bp --key net.init.scale --scale paper \\
+        --set experiments.lillicrap_mnist.scales.paper.epochs=50 --valid-size 10000 --runs results/paper/sweeps
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
+from biocredit.cli import parse_overrides
 from biocredit.config import load_config, resolve_run
 from biocredit.train import train
 
@@ -28,26 +38,44 @@ def main() -> None:
     ap.add_argument("values", help="comma-separated candidate values")
     ap.add_argument("methods", nargs="?", help="comma-separated (default: every method)")
     ap.add_argument("--key", default="train.lr", help="dotted path in the resolved run config (default train.lr)")
+    ap.add_argument("--scale", default="quick", choices=["smoke", "quick", "paper"], help="default quick")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as the CLI's")
+    ap.add_argument("--valid-size", type=int, default=0,
+                    help="hold out the last N training examples and choose by their error (valid_error)")
+    ap.add_argument("--runs", help="keep the runs under RUNS/<experiment>/<method>/<key>=<value> (resumable)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config("config.yaml", {"scale": "quick"})
+    cfg = load_config("config.yaml", parse_overrides(args.set) | {"scale": args.scale})
     exp, values, path = args.experiment, [float(v) for v in args.values.split(",")], args.key.split(".")
+    if exp not in cfg["experiments"]:
+        raise SystemExit(f"experiment {exp!r}: not in config.yaml (one of {', '.join(cfg['experiments'])})")
+    metric = "valid_error" if args.valid_size else "train_error"
     label = path[-1] if path == ["train", "lr"] else args.key
-    print(f"# {exp}: final training error on selection seed {SELECTION_SEED} (quick scale), sweeping {args.key}")
+    held = f", the last {args.valid_size} training examples held out" if args.valid_size else ""
+    print(f"# {exp}: final {metric} on selection seed {SELECTION_SEED} ({args.scale} scale{held}), sweeping "
+          f"{args.key}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
     only = args.methods.split(",") if args.methods else list(cfg["experiments"][exp]["methods"])
     for method in only:
         best = (math.inf, None)
         for value in values:
             rc = resolve_run(cfg, exp, method, SELECTION_SEED)
+            if args.valid_size:
+                rc["valid_size"] = args.valid_size
             node = rc
             for k in path[:-1]:
+                if not isinstance(node.get(k), dict):
+                    raise SystemExit(f"--key {args.key}: {k!r} is not a section of the resolved run config of "
+                                     f"{exp}/{method}")
                 node = node[k]
             node[path[-1]] = value
-            with tempfile.TemporaryDirectory() as d:
-                s = train(rc, d, cfg["data"]["dir"], wandb_cfg={"mode": "disabled"})
-            err = s["final"]["train_error"] if s["status"] == "completed" else math.inf
+            keep = Path(args.runs) / exp / method / f"{args.key}={value:g}" if args.runs else None
+            with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
+                s = train(rc, d, cfg["data"]["dir"], wandb_cfg={"mode": "disabled"}, threads=1)
+            final = s["final"]
+            err = final[metric] if s["status"] == "completed" else math.inf
             best = min(best, (err, value), key=lambda t: t[0])
-            print(f"{method:20s} {label} {value:<8g} {s['status']:10s} train_error {err:.5g}", flush=True)
+            extra = (f"  train_error {final['train_error']:.5g}" if args.valid_size else "")
+            print(f"{method:20s} {label} {value:<8g} {s['status']:10s} {metric} {err:.5g}{extra}", flush=True)
         print(f"{method:20s} BEST {label} {best[1]}", flush=True)
 
 

@@ -28,9 +28,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a config key (dotted path, YAML value), e.g. --set device=cpu")
 
 
-def _load(args: argparse.Namespace, *, rules: bool = True) -> dict:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as config overrides (dotted keys, YAML values)."""
     overrides = {}
-    for item in args.set:
+    for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set device=cpu")
         k, v = item.split("=", 1)
@@ -38,6 +39,11 @@ def _load(args: argparse.Namespace, *, rules: bool = True) -> dict:
         if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
             value = float(value)  # YAML 1.1 (PyYAML) reads 1e-3 as a string; --set lr=1e-3 means the number
         overrides[k] = value
+    return overrides
+
+
+def _load(args: argparse.Namespace, *, rules: bool = True) -> dict:
+    overrides = parse_overrides(args.set)
     if args.scale:
         overrides["scale"] = args.scale
     return load_config(args.config, overrides, rules=rules)

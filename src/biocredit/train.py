@@ -591,8 +591,9 @@ def train(
             window.update(seconds=0.0, epochs=0)
             record(row)
             checkpoint(epoch, "running")
-            _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}  test_error {row['test_error']:.4g}"
-                 f"  ({train_seconds:.1f} s train + {row['eval_seconds']:.1f} s eval)")
+            held = f"  valid_error {row['valid_error']:.4g}" if "valid_error" in row else ""
+            _log(f"{tag} epoch {epoch}/{epochs}  train_loss {row['train_loss']:.4f}{held}  test_error "
+                 f"{row['test_error']:.4g}  ({train_seconds:.1f} s train + {row['eval_seconds']:.1f} s eval)")
             if stop_when is not None and (stop_reason := stop_when(rows)):
                 status = "stopped"
                 _log(f"{tag} STOPPED after epoch {epoch}: {stop_reason}")
