@@ -18,6 +18,7 @@ and a checkpoint that lets an interrupted sweep resume) instead of a temporary o
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 from contextlib import nullcontext
@@ -26,10 +27,19 @@ from pathlib import Path
 import torch
 
 from biocredit.cli import parse_overrides
-from biocredit.config import load_config, resolve_run
+from biocredit.config import config_hash, load_config, resolve_run
 from biocredit.train import train
 
 SELECTION_SEED = 100
+
+
+def finished(run: Path, rc: dict) -> dict | None:
+    """The summary of a kept run that finished with exactly these settings (a rerun of the sweep reuses it)."""
+    path = run / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    return s if s.get("status") == "completed" and config_hash(s["run_config"]) == config_hash(rc) else None
 
 
 def main() -> None:
@@ -46,7 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config("config.yaml", parse_overrides(args.set) | {"scale": args.scale})
-    exp, values, path = args.experiment, [float(v) for v in args.values.split(",")], args.key.split(".")
+    exp, path = args.experiment, args.key.split(".")
+    values = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in args.values.split(",")]
     if exp not in cfg["experiments"]:
         raise SystemExit(f"experiment {exp!r}: not in config.yaml (one of {', '.join(cfg['experiments'])})")
     metric = "valid_error" if args.valid_size else "train_error"
@@ -69,8 +80,10 @@ def main() -> None:
                 node = node[k]
             node[path[-1]] = value
             keep = Path(args.runs) / exp / method / f"{args.key}={value:g}" if args.runs else None
-            with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
-                s = train(rc, d, cfg["data"]["dir"], wandb_cfg={"mode": "disabled"}, threads=1)
+            s = finished(keep, rc) if keep else None
+            if s is None:
+                with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
+                    s = train(rc, d, cfg["data"]["dir"], wandb_cfg={"mode": "disabled"}, threads=1)
             final = s["final"]
             err = final[metric] if s["status"] == "completed" else math.inf
             best = min(best, (err, value), key=lambda t: t[0])
