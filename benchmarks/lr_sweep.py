@@ -13,6 +13,7 @@ and a checkpoint that lets an interrupted sweep resume) instead of a temporary o
     python benchmarks/lr_sweep.py lillicrap_teacher 0.1,0.5,1.0 fa3,fa4 --key params.feedback_init.scale
     python benchmarks/lr_sweep.py lillicrap_mnist 0.05,0.1,0.2,0.5,1.0 bp --key net.init.scale --scale paper \\
         --set experiments.lillicrap_mnist.scales.paper.epochs=50 --valid-size 10000 --runs results/paper/sweeps
+    python benchmarks/lr_sweep.py lillicrap_mnist l2,decoupled bp,fa --key train.weight_decay_mode ...
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ from biocredit.config import config_hash, load_config, resolve_run
 from biocredit.train import train
 
 SELECTION_SEED = 100
+
+
+def value_of(text: str) -> int | float | str:
+    """A candidate as typed: an integer, a number, or a word (e.g. a mode: l2,decoupled)."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def shown(value: int | float | str) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else value
 
 
 def finished(run: Path, rc: dict) -> dict | None:
@@ -57,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config("config.yaml", parse_overrides(args.set) | {"scale": args.scale})
     exp, path = args.experiment, args.key.split(".")
-    values = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in args.values.split(",")]
+    values = [value_of(v) for v in args.values.split(",")]
     if exp not in cfg["experiments"]:
         raise SystemExit(f"experiment {exp!r}: not in config.yaml (one of {', '.join(cfg['experiments'])})")
     metric = "valid_error" if args.valid_size else "train_error"
@@ -79,7 +95,7 @@ def main() -> None:
                                      f"{exp}/{method}")
                 node = node[k]
             node[path[-1]] = value
-            keep = Path(args.runs) / exp / method / f"{args.key}={value:g}" if args.runs else None
+            keep = Path(args.runs) / exp / method / f"{args.key}={shown(value)}" if args.runs else None
             s = finished(keep, rc) if keep else None
             if s is None:
                 with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
@@ -88,7 +104,7 @@ def main() -> None:
             err = final[metric] if s["status"] == "completed" else math.inf
             best = min(best, (err, value), key=lambda t: t[0])
             extra = (f"  train_error {final['train_error']:.5g}" if args.valid_size else "")
-            print(f"{method:20s} {label} {value:<8g} {s['status']:10s} {metric} {err:.5g}{extra}", flush=True)
+            print(f"{method:20s} {label} {shown(value):<8s} {s['status']:10s} {metric} {err:.5g}{extra}", flush=True)
         print(f"{method:20s} BEST {label} {best[1]}", flush=True)
 
 
