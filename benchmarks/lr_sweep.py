@@ -58,6 +58,36 @@ def finished(run: Path, rc: dict) -> dict | None:
     return s if s.get("status") == "completed" and config_hash(s["run_config"]) == config_hash(rc) else None
 
 
+def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str) -> None:
+    """``<method_dir>/<key>.{png,pdf}``: the chosen-by metric of every kept run vs epoch (training error dashed),
+    so the record shows whether the choice was still changing at the sweep's end."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from biocredit.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, value in enumerate(values):
+        rows = [r for r in csv.DictReader((method_dir / f"{key}={shown(value)}" / "metrics.csv").open())
+                if int(r["epoch"]) > 0]
+        epochs = [int(r["epoch"]) for r in rows]
+        color = f"C{i % 10}"
+        ax.plot(epochs, [float(r[metric]) for r in rows], color=color, lw=2.0 if value == best else 1.0,
+                label=f"{shown(value)}" + (" (chosen)" if value == best else ""))
+        if metric != "train_error" and "train_error" in rows[0]:
+            ax.plot(epochs, [float(r["train_error"]) for r in rows], color=color, lw=0.8, ls="--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} (solid)" + ("; train_error (dashed)" if metric != "train_error" else ""))
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=8)
+    ax.legend(title=key, fontsize=7, title_fontsize=7)
+    save_figure(fig, method_dir / key)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment")
@@ -106,6 +136,9 @@ def main() -> None:
             extra = (f"  train_error {final['train_error']:.5g}" if args.valid_size else "")
             print(f"{method:20s} {label} {shown(value):<8s} {s['status']:10s} {metric} {err:.5g}{extra}", flush=True)
         print(f"{method:20s} BEST {label} {best[1]}", flush=True)
+        if args.runs:
+            plot(Path(args.runs) / exp / method, args.key, values, metric, best[1],
+                 f"{exp}/{method}, selection seed {SELECTION_SEED}: {metric} while sweeping {args.key}")
 
 
 if __name__ == "__main__":
