@@ -59,8 +59,8 @@ def finished(run: Path, rc: dict) -> dict | None:
 
 
 def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str) -> None:
-    """``<method_dir>/<key>.{png,pdf}``: the chosen-by metric of every kept run vs epoch (training error dashed),
-    so the record shows whether the choice was still changing at the sweep's end."""
+    """``<method_dir>/sweep_<key, dots as _>.{png,pdf}``: the chosen-by metric of every kept run vs epoch
+    (training error dashed), so the record shows whether the choice was still changing at the sweep's end."""
     import csv
 
     import matplotlib
@@ -85,7 +85,7 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
     ax.set_yscale("log")
     ax.set_title(title, fontsize=8)
     ax.legend(title=key, fontsize=7, title_fontsize=7)
-    save_figure(fig, method_dir / key)
+    save_figure(fig, method_dir / f"sweep_{key.replace('.', '_')}")  # (dots would read as a suffix)
 
 
 def main() -> None:

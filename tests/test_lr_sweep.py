@@ -45,7 +45,7 @@ def test_a_held_out_sweep_chooses_by_the_validation_error_its_runs_logged_and_re
     assert float(best[0][3]) == min(chosen, key=chosen.get)
     # the two initial scales really are different runs
     assert chosen[0.05] != chosen[0.3]
-    assert (runs / exp / "bp" / "net.init.scale.png").stat().st_size > 0  # the curves behind the choice
+    assert (runs / exp / "bp" / "sweep_net_init_scale.png").stat().st_size > 0  # the curves behind the choice
     again = sweep(*args, env=cli_env)  # kept runs are finished: the same numbers, no retraining
     assert again.returncode == 0 and again.stdout == p.stdout
     assert "epoch 1/2" not in again.stderr
