@@ -64,6 +64,7 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
     import csv
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,6 +84,7 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (solid)" + ("; train_error (dashed)" if metric != "train_error" else ""))
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_title(title, fontsize=8)
     ax.legend(title=key, fontsize=7, title_fontsize=7)
     save_figure(fig, method_dir / f"sweep_{key.replace('.', '_')}")  # (dots would read as a suffix)
