@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -111,6 +113,7 @@ def main() -> None:
     metric = "valid_error" if args.valid_size else "train_error"
     label = path[-1] if path == ["train", "lr"] else args.key
     held = f", the last {args.valid_size} training examples held out" if args.valid_size else ""
+    print("# command: python benchmarks/lr_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     print(f"# {exp}: final {metric} on selection seed {SELECTION_SEED} ({args.scale} scale{held}), sweeping "
           f"{args.key}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
     only = args.methods.split(",") if args.methods else list(cfg["experiments"][exp]["methods"])
