@@ -73,12 +73,12 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
 
     from biocredit.figures import save_figure
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(7.4, 3.8))
     for i, value in enumerate(values):
         rows = [r for r in csv.DictReader((method_dir / f"{key}={shown(value)}" / "metrics.csv").open())
                 if int(r["epoch"]) > 0]
         epochs = [int(r["epoch"]) for r in rows]
-        color = f"C{i % 10}"
+        color = plt.cm.viridis(i / max(len(values) - 1, 1))
         ax.plot(epochs, [float(r[metric]) for r in rows], color=color, lw=2.0 if value == best else 1.0,
                 label=f"{shown(value)}" + (" (chosen)" if value == best else ""))
         if metric != "train_error" and "train_error" in rows[0]:
@@ -88,7 +88,7 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_title(title, fontsize=8)
-    ax.legend(title=key, fontsize=7, title_fontsize=7)
+    ax.legend(title=key, fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, method_dir / f"sweep_{key.replace('.', '_')}")  # (dots would read as a suffix)
 
 
@@ -129,7 +129,10 @@ def main() -> None:
                     raise SystemExit(f"--key {args.key}: {k!r} is not a section of the resolved run config of "
                                      f"{exp}/{method}")
                 node = node[k]
-            node[path[-1]] = value
+            old = node.get(path[-1])
+            # a candidate takes the type of the value it replaces (1 for a float key is 1.0: the same run, the
+            # same config hash, so kept runs are found again)
+            node[path[-1]] = float(value) if isinstance(old, float) and isinstance(value, int) else value
             keep = Path(args.runs) / exp / method / f"{args.key}={shown(value)}" if args.runs else None
             s = finished(keep, rc) if keep else None
             if s is None:
