@@ -57,7 +57,10 @@ def finished(run: Path, rc: dict) -> dict | None:
     if not path.exists():
         return None
     s = json.loads(path.read_text())
-    return s if s.get("status") == "completed" and config_hash(s["run_config"]) == config_hash(rc) else None
+    metrics = run / "metrics.csv"
+    last = metrics.read_text().strip().splitlines()[-1].split(",")[0] if metrics.exists() else ""
+    same = s.get("status") == "completed" and config_hash(s["run_config"]) == config_hash(rc)
+    return s if same and last == str(s["epochs_done"]) else None  # (and its metrics are that run's, whole)
 
 
 def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str) -> None:

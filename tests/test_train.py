@@ -166,6 +166,32 @@ def test_an_interrupted_run_resumes_under_a_new_length_it_has_not_passed(small_c
     assert "ignoring a checkpoint" in capfd.readouterr().err
 
 
+def test_a_run_that_restarts_a_folder_removes_the_old_summary_before_writing_rows(small_config, tmp_path, one_thread):
+    """A folder holds one run: a run of other settings trained afresh there (or a finished run extended) that
+    dies before its end must not leave the earlier run's summary.json beside its own metrics.csv."""
+    from biocredit.config import resolve_run
+    from biocredit.train import train as train_run
+
+    bp = method_with_rule(small_config, EXP, "backprop")
+    run_cfg = resolve_run(small_config, EXP, bp, 0)
+    data_dir, out = small_config["data"]["dir"], tmp_path / "run"
+    train_run({**run_cfg, "epochs": 1}, out, data_dir, device="cpu")
+    assert (out / "summary.json").exists()
+
+    class Crash(Exception):
+        pass
+
+    def crash(rows):
+        raise Crash
+
+    for other in ({**run_cfg, "epochs": 2}, {**run_cfg, "train": {**run_cfg["train"], "lr": run_cfg["train"]["lr"] / 2}}):
+        train_run({**run_cfg, "epochs": 1}, out, data_dir, device="cpu")  # finished, summary written
+        with pytest.raises(Crash):
+            train_run(other, out, data_dir, device="cpu", stop_when=crash)
+        assert not (out / "summary.json").exists()
+        assert read_metrics(out / "metrics.csv")  # the new run's rows are there
+
+
 def test_a_diverging_run_is_recorded_as_diverged_and_exits_0(small_config, config_file):
     bp = method_with_rule(small_config, EXP, "backprop")
     cfg = small_config

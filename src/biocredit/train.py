@@ -481,6 +481,10 @@ def train(
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
 
+    # From here the folder's metrics.csv and checkpoint are this run's; a summary.json left by an earlier run
+    # (a finished run now extended, or one of other settings now trained afresh) no longer describes them, and
+    # a crash before this run writes its own must not leave it standing beside the new rows.
+    (out_dir / "summary.json").unlink(missing_ok=True)
     started = time.time()
     provenance = run_provenance(run_cfg, chash, dev, len(task.x_train), len(task.x_test))
     segments.append(new_segment(start_epoch, provenance))
