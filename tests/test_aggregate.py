@@ -46,6 +46,16 @@ def test_paired_test_fails_when_the_deep_student_is_worse_in_some_seeds():
     assert verdict == "does NOT hold"
 
 
+def test_a_claim_on_a_metric_no_finished_run_logged_says_so_instead_of_failing():
+    """Partial tables: only BP has finished, and the angle to BP is logged by FA runs alone, so the runs table has
+    no column for it yet."""
+    df = runs({"bp": [2.6]})
+    angle = {"text": "angle below 80", "metric": "angle_dh_1", "lower": ["fa"], "below": 80}
+    assert claim_verdict(angle, df) == ("no finished run of fa", "")
+    below = {"text": "pbp below bp", "metric": "test_error", "below_metric": "angle_dh_1", "lower": ["bp"]}
+    assert claim_verdict(below, df)[0] == "no finished run with angle_dh_1 of bp"
+
+
 # --- early stopping: a reported number read at each run's lowest validation error -------------------------------
 def write_run(d, method: str, seed: int, valid: list[float], test: list[float]) -> None:
     import json

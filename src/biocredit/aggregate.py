@@ -146,14 +146,20 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]
     """'holds' if every `lower` method ends below every `higher` one in mean (and, with `test`, the t-test
     over seeds of lower[0] vs higher[0] gives p < alpha: ``welch`` / ``student`` two-sample, or ``paired`` over the
     seeds both methods ran, for experiments whose seed fixes the task so that runs of one seed are matched)."""
+    def final_means(metric: str) -> pd.Series:  # a metric only some methods log (an angle) may have no column yet
+        column = f"final_{metric}"
+        return ok.groupby("method")[column].mean() if column in ok.columns else pd.Series(dtype=float)
+
     col = f"final_{claim['metric']}"
-    means = ok.groupby("method")[col].mean()
+    means = final_means(claim["metric"])
     lower, higher = claim["lower"], claim.get("higher", [])
     missing = [m for m in [*lower, *higher] if m not in means or pd.isna(means[m])]
     if missing:
         return f"no finished run of {', '.join(missing)}", ""
     if "below_metric" in claim:
-        other = ok.groupby("method")[f"final_{claim['below_metric']}"].mean()
+        other = final_means(claim["below_metric"])
+        if any(m not in other or pd.isna(other[m]) for m in lower):
+            return f"no finished run with {claim['below_metric']} of {', '.join(lower)}", ""
         holds = all(means[a] < other[a] for a in lower)
         return ("holds" if holds else "does NOT hold"), "; ".join(
             f"{m}: {claim['metric']} {means[m]:.4g} vs {claim['below_metric']} {other[m]:.4g}" for m in lower)
