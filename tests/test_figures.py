@@ -81,3 +81,27 @@ def test_a_method_at_zero_error_throughout_is_named_on_a_log_axis_not_dropped_si
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     assert seen["lines"] == ["DTP (n = 3)"]
     assert len(seen["texts"]) == 1 and "Baseline 1" in seen["texts"][0] and "DTP" not in seen["texts"][0]
+
+
+def test_a_panel_with_no_finished_run_says_so_instead_of_drawing_nothing(tmp_path: Path, monkeypatch):
+    """Partial tables (only BP has finished): the FA-vs-BP angle panel has no curve; it names the methods it
+    waits for. A panel with any curve is drawn as before, with no such note."""
+    import pandas as pd
+
+    import biocredit.figures as figures
+
+    stats = pd.DataFrame({"method": ["bp"] * 2, "epoch": [0, 1], "test_error_mean": [90.0, 5.0],
+                          "test_error_sd": [0.0, 0.0], "n": [1, 1]})
+    exp = {"title": "mnist", "dataset": "mnist",
+           "methods": {"bp": {"label": "Backprop", "rule": "backprop"}, "fa": {"label": "FA", "rule": "feedback_alignment"}}}
+    texts = {}
+
+    def capture(fig, out_stem, provenance=""):
+        texts[out_stem.name] = [t.get_text() for t in fig.axes[0].texts]
+        return save_figure(fig, out_stem, provenance)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    figures.plot_curves(stats, exp, {"name": "angle", "metric": "angle_dh_1", "methods": ["fa"]}, tmp_path / "angle")
+    figures.plot_curves(stats, exp, {"name": "err", "metric": "test_error"}, tmp_path / "err")
+    assert texts["angle"] == ["no finished run: FA"]
+    assert texts["err"] == []  # BP is drawn; FA's absence is not written over a panel that has data

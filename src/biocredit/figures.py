@@ -66,10 +66,12 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
     for k, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
         log_y = fig_cfg.get("log_y") and not metric.startswith("angle_")  # log axes for errors, never angles
         off_axis = []  # methods whose metric is 0 at every point a log axis could show
+        absent = []  # methods without a finished run that logged this metric (partial tables)
         for mname in methods:
             method = exp["methods"][mname]
             d = stats[stats["method"] == mname].sort_values(x)
             if d.empty or f"{metric}_mean" not in d or d[f"{metric}_mean"].isna().all():
+                absent.append(method.get("label", mname))
                 continue
             if log_y:
                 d = d[d[f"{metric}_mean"] > 0]
@@ -100,6 +102,9 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
             ax.text(0.02, 0.02, textwrap.fill("0 at every point after the start, so not on this log axis: "
                                               + "; ".join(off_axis), 70),
                     transform=ax.transAxes, fontsize=6, va="bottom", color="0.25")
+        if absent and len(absent) == len(methods):  # an empty panel says why (figures with data are unchanged)
+            ax.text(0.98, 0.98, textwrap.fill("no finished run: " + "; ".join(absent), 50), transform=ax.transAxes,
+                    fontsize=7, ha="right", va="top", color="0.25")
         if metric.startswith("angle_"):
             ax.axhline(90, color="0.6", lw=0.8, ls="--")
         ax.set_xlabel(X_LABELS.get(x, x))
@@ -109,7 +114,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         if regression and metric.endswith("_error"):  # the error of a regression task is its NSE
             label = f"{metric.split('_')[0].capitalize()} NSE (normalised squared error)"
         ax.set_ylabel(label)
-        if k == 0 or shown:
+        if (k == 0 or shown) and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
     fig.suptitle(textwrap.fill(exp["title"], 60 * len(metrics)), fontsize=9)
     return save_figure(fig, out_stem, provenance)
