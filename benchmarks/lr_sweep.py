@@ -52,15 +52,13 @@ def shown(value: int | float | str) -> str:
 
 
 def finished(run: Path, rc: dict) -> dict | None:
-    """The summary of a kept run that finished with exactly these settings (a rerun of the sweep reuses it)."""
+    """The summary of a kept run that finished with exactly these settings (a rerun of the sweep reuses it).
+    A summary.json always describes the folder's metrics: train() removes an earlier run's before writing rows."""
     path = run / "summary.json"
     if not path.exists():
         return None
     s = json.loads(path.read_text())
-    metrics = run / "metrics.csv"
-    last = metrics.read_text().strip().splitlines()[-1].split(",")[0] if metrics.exists() else ""
-    same = s.get("status") == "completed" and config_hash(s["run_config"]) == config_hash(rc)
-    return s if same and last == str(s["epochs_done"]) else None  # (and its metrics are that run's, whole)
+    return s if s.get("status") == "completed" and s["provenance"]["config_hash"] == config_hash(rc) else None
 
 
 def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str) -> None:
