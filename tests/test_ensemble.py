@@ -35,19 +35,58 @@ def synthetic_config(tmp_path: Path, wandb_mode: str = "disabled", **scale: Any)
     return load_config(REPO_CONFIG, overrides)
 
 
+def image_config(tmp_path: Path, **scale: Any) -> dict:
+    """config.yaml at scale smoke for two MNIST experiments: 3 seeds, 2 epochs, a few hundred images, Lillicrap's
+    train error on a per-seed random subset, DTP's net with its 10k held-out images; one CPU thread."""
+    overrides: dict[str, Any] = {"scale": "smoke", "device": "cpu", "threads": 1, "results_dir": str(tmp_path / "results"),
+                                 "wandb.mode": "disabled"}
+    for exp, extra in (("lillicrap_mnist", {"train_eval_subset": 200}), ("lee_dtp_mnist", {})):
+        settings = {"epochs": 2, "seeds": len(SEEDS), "train_subset": 600, "test_subset": 300, **extra, **scale}
+        overrides.update({f"experiments.{exp}.scales.smoke.{k}": v for k, v in settings.items()})
+    overrides["experiments.lillicrap_mnist.train.angle_every"] = 7
+    overrides["experiments.lee_dtp_mnist.train.batch_size"] = 50
+    return load_config(REPO_CONFIG, overrides)
+
+
 def folder(cfg: dict, exp: str, method: str, seed: int, root: str = "separate") -> Path:
     return Path(cfg["results_dir"]) / root / exp / method / f"seed{seed}"
 
 
-def train_both(cfg: dict, exp: str, method: str) -> tuple[list[dict], list[dict]]:
+def train_both(cfg: dict, exp: str, method: str, data_dir: str | Path = "data",
+               **ensemble_kw: Any) -> tuple[list[dict], list[dict]]:
     """Each seed alone (train()) and all seeds as one ensemble (train_ensemble()); returns both summaries."""
     run_cfgs = [resolve_run(cfg, exp, method, s) for s in SEEDS]
     wb = {"mode": cfg["wandb"]["mode"]}
-    alone = [train(rc, folder(cfg, exp, method, rc["seed"]), "data", device="cpu", wandb_cfg=wb, threads=1)
+    alone = [train(rc, folder(cfg, exp, method, rc["seed"]), data_dir, device="cpu", wandb_cfg=wb, threads=1)
              for rc in run_cfgs]
-    together = train_ensemble(run_cfgs, [folder(cfg, exp, method, s, "ensemble") for s in SEEDS], "data",
-                              device="cpu", wandb_cfg=wb, threads=1)
+    together = train_ensemble(run_cfgs, [folder(cfg, exp, method, s, "ensemble") for s in SEEDS], data_dir,
+                              device="cpu", wandb_cfg=wb, threads=1, **ensemble_kw)
     return alone, together
+
+
+def assert_seeds_as_separate_runs(cfg: dict, exp: str, method: str, alone: list[dict], together: list[dict]) -> list:
+    """Every seed's metrics.csv, summary and final checkpoint from the ensemble equal its separate run's, bitwise;
+    returns the seeds' metrics rows."""
+    rows = []
+    for s, a, b in zip(SEEDS, alone, together, strict=True):
+        mine = read_metrics(folder(cfg, exp, method, s, "ensemble") / "metrics.csv")
+        ref = read_metrics(folder(cfg, exp, method, s) / "metrics.csv")
+        assert len(ref) >= 3 and mine == ref, f"seed {s}: the ensemble's metrics.csv differs from the separate run's"
+        rows.append(ref)
+        assert b["status"] == a["status"] == "completed"
+        assert without_times(b["final"]) == without_times(a["final"]) and b["best_test_error"] == a["best_test_error"]
+        assert b["provenance"]["config_hash"] == a["provenance"]["config_hash"]
+        assert b["provenance"]["ensemble_size"] == len(SEEDS) and b["run_config"] == a["run_config"]
+        ck_a = torch.load(folder(cfg, exp, method, s) / "checkpoint.pt", weights_only=False)
+        ck_b = torch.load(folder(cfg, exp, method, s, "ensemble") / "checkpoint.pt", weights_only=False)
+        assert ck_a["net"].keys() == ck_b["net"].keys()
+        for k in ck_a["net"]:
+            assert torch.equal(ck_a["net"][k], ck_b["net"][k]), f"seed {s}: final {k} differs"
+        assert torch.equal(ck_a["generator"], ck_b["generator"]), "the rule drew a different amount of noise"
+    assert rows[0] != rows[1] != rows[2], "the seeds gave the same numbers"
+    assert not list((Path(cfg["results_dir"]) / "ensemble" / exp / method).glob("checkpoint-seeds*.pt")), \
+        "the ensemble checkpoint was left behind after a finished run"
+    return rows
 
 
 def without_times(d: dict) -> dict:
@@ -66,29 +105,45 @@ def without_times(d: dict) -> dict:
 def test_every_seed_of_an_ensemble_gets_the_numbers_of_its_separate_run(tmp_path, one_thread, exp, method):
     cfg = synthetic_config(tmp_path)
     alone, together = train_both(cfg, exp, method)
-    rows = []
-    for s, a, b in zip(SEEDS, alone, together, strict=True):
-        mine = read_metrics(folder(cfg, exp, method, s, "ensemble") / "metrics.csv")
-        ref = read_metrics(folder(cfg, exp, method, s) / "metrics.csv")
-        assert len(ref) > 3 and mine == ref, f"seed {s}: the ensemble's metrics.csv differs from the separate run's"
-        rows.append(ref)
-        assert b["status"] == a["status"] == "completed"
-        assert without_times(b["final"]) == without_times(a["final"]) and b["best_test_error"] == a["best_test_error"]
-        assert b["provenance"]["config_hash"] == a["provenance"]["config_hash"]
-        assert b["provenance"]["ensemble_size"] == len(SEEDS) and b["run_config"] == a["run_config"]
-        ck_a = torch.load(folder(cfg, exp, method, s) / "checkpoint.pt", weights_only=False)
-        ck_b = torch.load(folder(cfg, exp, method, s, "ensemble") / "checkpoint.pt", weights_only=False)
-        assert ck_a["net"].keys() == ck_b["net"].keys()
-        for k in ck_a["net"]:
-            assert torch.equal(ck_a["net"][k], ck_b["net"][k]), f"seed {s}: final {k} differs"
-        assert torch.equal(ck_a["generator"], ck_b["generator"]), "the rule drew a different amount of noise"
+    rows = assert_seeds_as_separate_runs(cfg, exp, method, alone, together)
     if exp == "lillicrap_linear" and method == "fa":
         assert {"angle_dh_1", "angle_dW_1", "angle_dh_1_sd"} <= set(rows[0][-1])
     if exp == "lillicrap_pinv":
         assert "angle_dh_pbp_1" in rows[0][-1]
-    assert rows[0] != rows[1] != rows[2], "the seeds gave the same numbers"
-    assert not list((Path(cfg["results_dir"]) / "ensemble" / exp / method).glob("checkpoint-seeds*.pt")), \
-        "the ensemble checkpoint was left behind after a finished run"
+
+
+@pytest.mark.parametrize(("exp", "method"), [
+    ("lillicrap_mnist", "bp"),  # autograd through the seed-by-seed layers
+    ("lillicrap_mnist", "fa"),  # sigmoid output units (10 × 10 per minibatch), Δh angles every 7th minibatch
+    ("lillicrap_mnist", "sparse_fa"),  # masks of W and B per seed
+    ("lillicrap_mnist", "shallow"),
+    ("lee_dtp_mnist", "bp"),  # tanh/softmax, cross-entropy, centred RMSprop, held-out images, fixed order
+])
+def test_every_seed_of_an_image_ensemble_gets_the_numbers_of_its_separate_run(tmp_path, one_thread, mnist_dir, exp,
+                                                                            method):
+    cfg = image_config(tmp_path)
+    alone, together = train_both(cfg, exp, method, mnist_dir)
+    rows = assert_seeds_as_separate_runs(cfg, exp, method, alone, together)
+    if method in ("fa", "sparse_fa"):
+        assert {"angle_dh_1", "angle_dW_1"} <= set(rows[0][-1])
+    if exp == "lee_dtp_mnist":
+        assert rows[0][-1]["valid_error"]
+
+
+def test_batched_image_layers_as_on_cuda_agree_with_separate_runs_to_float_rounding(tmp_path, one_thread, mnist_dir):
+    """seedwise off: one batched product and one sigmoid over all seeds, the arithmetic a GPU runs."""
+    cfg = image_config(tmp_path)
+    train_both(cfg, "lillicrap_mnist", "fa", mnist_dir, seedwise=False)
+    for s in SEEDS:
+        mine = read_metrics(folder(cfg, "lillicrap_mnist", "fa", s, "ensemble") / "metrics.csv")
+        ref = read_metrics(folder(cfg, "lillicrap_mnist", "fa", s) / "metrics.csv")
+        assert [r.keys() for r in mine] == [r.keys() for r in ref] and len(ref) == 3
+        for a, b in zip(mine, ref, strict=True):
+            for key in ("train_loss", "test_loss", "angle_dh_1", "angle_dW_1"):
+                if b.get(key):
+                    assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), (s, key, b["epoch"])
+            for key in ("train_error", "test_error"):  # % of 200 / 300 images: a flipped image is 0.5 / 0.33
+                assert abs(float(a[key]) - float(b[key])) <= 0.5, (s, key, b["epoch"])
 
 
 def test_a_diverging_ensemble_records_each_seed_as_its_separate_run_does(tmp_path, one_thread):
@@ -159,8 +214,10 @@ def test_a_killed_ensemble_job_resumes_and_ends_as_separate_uninterrupted_runs(t
 def test_rules_and_tasks_without_a_stacked_form_train_one_seed_at_a_time(tmp_path, one_thread):
     cfg = synthetic_config(tmp_path)
     assert why_not_ensemble(resolve_run(cfg, "lee_dtp_mnist", "dtp", 0)) is not None
-    assert why_not_ensemble(resolve_run(cfg, "lillicrap_mnist", "fa", 0)) is not None  # not a synthetic task
-    assert not ensemble_seeds(cfg, "lillicrap_mnist", "fa") and not ensemble_seeds(cfg, "lee_dtp_mnist", "dtp")
+    assert "stochastic" in why_not_ensemble(resolve_run(cfg, "lee_dtp_stochastic", "bp_st", 0))  # sampled units
+    assert "input_noise" in why_not_ensemble(resolve_run(cfg, "lee_dtp_autoencoder", "bp", 0))  # denoising
+    assert why_not_ensemble(resolve_run(cfg, "lillicrap_mnist", "fa", 0)) is None  # image data, a plain net
+    assert not ensemble_seeds(cfg, "lee_dtp_mnist", "dtp")
     assert ensemble_seeds(cfg, "lillicrap_teacher", "fa4")
     assert not ensemble_seeds({**cfg, "ensembles": False}, "lillicrap_teacher", "fa4")
     with pytest.raises(TypeError):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import MIRROR, REPO, REPO_CONFIG, method_with_rule, mnist_experiment
 
-from biocredit.config import WEIGHT_FIGURE_KINDS
+from biocredit.config import WEIGHT_FIGURE_KINDS, ensemble_seeds
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 from biocredit.tracking import find_offline_runs, read_offline_run
 
@@ -176,6 +176,17 @@ def test_synthetic_cells_train_as_one_ensemble_job_each_and_the_switch_turns_it_
     assert not any(rule.startswith("train_ensemble") for rule in counts), counts
     n_runs = sum(len(e["methods"]) * e["scales"]["smoke"]["seeds"] for e in workflow.config["experiments"].values())
     assert counts["train"] == n_runs
+    # ensembles=all: every cell with a stacked form, image data too (Lillicrap's MNIST, for a GPU), one job per cell
+    proc = workflow.snakemake("-n", "--forceall", "--config", "ensembles=all")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    every = {**workflow.config, "ensembles": "all"}
+    stacked = {(n, m) for n, e in workflow.config["experiments"].items() for m in e["methods"] if ensemble_seeds(every, n, m)}
+    assert {("lillicrap_mnist", m) for m in workflow.config["experiments"]["lillicrap_mnist"]["methods"]} <= stacked
+    for name in workflow.config["experiments"]:
+        assert counts.get(f"train_ensemble_{name}", 0) == sum(1 for n, _ in stacked if n == name), (name, counts)
+    assert counts["train"] == n_runs - sum(workflow.config["experiments"][n]["scales"]["smoke"]["seeds"] for n, _ in stacked)
 
 
 def test_workflow_logs_every_run_and_the_aggregate_to_wandb_offline(workflow: Workflow):

@@ -279,13 +279,14 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
 
 def ensemble_seeds(cfg: Mapping, experiment: str, method: str) -> bool:
     """True if the seeds of this cell train together in one job (:mod:`biocredit.ensemble`): the top-level
-    ``ensembles`` switch is on (default), ``train.ensemble_seeds`` is set (experiment or method) and the rule
-    and task have a stacked form. Otherwise every seed is a job of its own."""
-    if not cfg.get("ensembles", True):
+    ``ensembles`` switch is on (default) and ``train.ensemble_seeds`` is set (experiment or method), or the switch
+    says ``all``; and the rule and task have a stacked form. Otherwise every seed is a job of its own."""
+    mode = cfg.get("ensembles", True)
+    if not mode:
         return False
     exp = cfg["experiments"][experiment]
     m = exp["methods"][method]
-    if not {**exp.get("train", {}), **m.get("train", {})}.get("ensemble_seeds", False):
+    if mode != "all" and not {**exp.get("train", {}), **m.get("train", {})}.get("ensemble_seeds", False):
         return False
     from biocredit.ensemble import why_not_ensemble
 

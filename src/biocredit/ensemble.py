@@ -8,15 +8,26 @@ runs unchanged on stacked tensors (:meth:`biocredit.rules.LearningRule.stack`), 
 seed's own generator. What differs from :func:`biocredit.train.train` is only the bookkeeping: one row list,
 W&B run, divergence state and run folder per seed.
 
-Every seed ends with the same ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` and W&B run as a separate
-run of that seed (the numbers are bitwise equal on the CPU for every synthetic cell of config.yaml;
-tests/test_ensemble.py checks them), plus ``ensemble_size`` in its provenance. Bitwise equality rests on
-:func:`biocredit.nets.mm` and on the BLAS computing each slice of a batched product as it computes one
-matrix; for a few shapes MKL's batched product rounds differently (seen: a (1×20)·(20×30) product, which
-these nets never form), and there the seeds would agree to float rounding only. While the ensemble trains, its state is checkpointed after every epoch
-in one file next to the seed folders (``checkpoint-seeds<a>-<b>.pt``); a killed job resumes from it.
+Image datasets (e.g. Lillicrap's MNIST net, 784-1000-10 with minibatches of 10): on a GPU one step of one
+seed is a handful of small kernels whose launch costs more than their arithmetic, so S seeds stacked cost
+about what one does. The data are loaded once; each step gathers every seed's own minibatch (each seed keeps
+the order of its separate run), and each seed is evaluated alone by :func:`biocredit.train.evaluate`. On the
+CPU the layers are computed seed by seed (:attr:`biocredit.nets.MLP.seedwise`), which keeps the bits of the
+separate runs while the rules' algebra stays stacked; on CUDA they are batched products, and a seed's numbers
+agree with its separate run to float rounding (cuBLAS may round a batched product differently from one
+matrix; not measured here). Nets that draw (sampled units, input or hidden noise), tied nets, probes and rows
+every k-th epoch stay with train().
 
-A rule without a stacked form (e.g. DTP) or a non-synthetic dataset falls back to one run per seed.
+Every seed ends with the same ``metrics.csv``, ``summary.json``, ``checkpoint.pt`` and W&B run as a separate
+run of that seed (the numbers are bitwise equal on the CPU for every synthetic cell of config.yaml and for
+Lillicrap's MNIST methods; tests/test_ensemble.py checks them), plus ``ensemble_size`` in its provenance.
+Bitwise equality rests on :func:`biocredit.nets.mm` and on the BLAS computing each slice of a batched product
+as it computes one matrix; for a few shapes MKL's batched product rounds differently (seen: a (1×20)·(20×30)
+product, which these nets never form), and there the seeds would agree to float rounding only. While the
+ensemble trains, its state is checkpointed after every epoch in one file next to the seed folders
+(``checkpoint-seeds<a>-<b>.pt``); a killed job resumes from it.
+
+A rule without a stacked form (e.g. DTP) or a task :func:`why_not_ensemble` names falls back to one run per seed.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from biocredit.train import (
     apply_update,
     diverged_row,
     earlier_segments,
+    evaluate,
     evaluate_regression,
     finish_run,
     load_task,
@@ -55,6 +67,7 @@ from biocredit.train import (
     resolve_device,
     run_provenance,
     train,
+    train_eval_indices,
     window_angles,
 )
 
@@ -63,8 +76,23 @@ def why_not_ensemble(run_cfg: Mapping[str, Any]) -> str | None:
     """None if the run's seeds can train as one stacked ensemble, else the reason (one line)."""
     if not RULES[run_cfg["rule"]].ensemble:
         return f"rule {run_cfg['rule']!r} has no stacked (batch-dimension agnostic) form"
-    if run_cfg["dataset"] not in SYNTHETIC_TASKS or run_cfg["loss"] != "squared_error":
-        return f"dataset {run_cfg['dataset']!r} is not a synthetic regression task (ensembles are for the small synthetic nets)"
+    if run_cfg["dataset"] in SYNTHETIC_TASKS:
+        if run_cfg["loss"] != "squared_error":
+            return f"loss {run_cfg['loss']!r} on a synthetic task (its ensemble is for squared-error regression)"
+        return None
+    # An image dataset: every seed reads the same data (each in its own order) and is evaluated alone, as
+    # train() evaluates it. What train() does beyond that has no stacked form here:
+    net, tc = run_cfg["net"], run_cfg["train"]
+    if build_net(net, torch.Generator().manual_seed(0)).transmits:
+        return "a stochastic or non-identity transmission, or noise in the net (train()'s draws are per run)"
+    if tc.get("input_noise"):
+        return "train.input_noise (train()'s draws are per run)"
+    if run_cfg.get("probe"):
+        return "a post-training probe"
+    if net.get("tied"):
+        return "a tied net"
+    if int(run_cfg.get("eval_every_epochs") or 1) > 1:
+        return "eval_every_epochs > 1"
     return None
 
 
@@ -106,8 +134,13 @@ def train_ensemble(
     wandb_cfg: Mapping[str, Any] | None = None,
     wandb_dir: str | os.PathLike | None = None,
     threads: int | None = None,
+    seedwise: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the seeds of one cell together; returns their summaries (as :func:`biocredit.train.train` each)."""
+    """Train the seeds of one cell together; returns their summaries (as :func:`biocredit.train.train` each).
+
+    ``seedwise``: compute each seed's layers on its own slice (:attr:`biocredit.nets.MLP.seedwise`: the bits of
+    its separate run); by default for image data on the CPU. Off, the layers run as batched products over all
+    seeds, as on CUDA: the same numbers to float rounding."""
     run_cfgs = [dict(rc) for rc in run_cfgs]
     rc0, S = run_cfgs[0], len(run_cfgs)
     same = {k: v for k, v in rc0.items() if k != "seed"}
@@ -131,14 +164,22 @@ def train_ensemble(
         nets.append(build_net(rc["net"], g).to(dev))
         rules.append(RULES[rc["rule"]](nets[-1], rc["params"], rc["loss"], tc["reduction"], g))
     net = MLP.stack(nets)
+    net.seedwise = rc0["dataset"] not in SYNTHETIC_TASKS and dev.type == "cpu" if seedwise is None else seedwise
     rule = type(rules[0]).stack(rules)
     del nets, rules
     opt = make_optimizer(net, tc)
-    tasks = [load_task(rc, Path(data_dir), dev) for rc in run_cfgs]
-    x_train, t_train = torch.stack([t.x_train for t in tasks]), torch.stack([t.t_train for t in tasks])
-    x_test, t_test = torch.stack([t.x_test for t in tasks]), torch.stack([t.t_test for t in tasks])
-    del tasks
-    spread_train, spread_test = target_spread(t_train), target_spread(t_test)
+    # A synthetic task is generated from each seed: the seeds' data are stacked (S × n × in). An image dataset is
+    # the same for every seed: one copy (n × in), from which each step gathers every seed's own minibatch.
+    shared = rc0["dataset"] not in SYNTHETIC_TASKS
+    if shared:
+        task = load_task(rc0, Path(data_dir), dev)
+        x_train, t_train, x_test = task.x_train, task.t_train, task.x_test
+    else:
+        tasks = [load_task(rc, Path(data_dir), dev) for rc in run_cfgs]
+        x_train, t_train = torch.stack([t.x_train for t in tasks]), torch.stack([t.t_train for t in tasks])
+        x_test, t_test = torch.stack([t.x_test for t in tasks]), torch.stack([t.t_test for t in tasks])
+        del tasks
+        spread_train, spread_test = target_spread(t_train), target_spread(t_test)
 
     rows: list[list[dict[str, Any]]] = [[] for _ in seeds]
     status: list[str] = ["completed"] * S
@@ -209,7 +250,36 @@ def train_ensemble(
     n, bs, epochs = x_train.shape[-2], tc["batch_size"], rc0["epochs"]
     eval_every = tc.get("eval_every_examples")
 
+    if shared:
+        # Each seed is evaluated alone, by train()'s own evaluate() on a net of one seed's weights: the same
+        # arithmetic, train subset (train_eval_subset: drawn from the seed) and evaluation stream as its separate run.
+        single = build_net(rc0["net"], torch.Generator().manual_seed(0)).to(dev)
+        k_eval = rc0.get("train_eval_subset")
+        tr_keep = [train_eval_indices(n, k_eval, s).to(dev) if k_eval and k_eval < n else None for s in seeds]
+
+    def eval_seed(s: int, examples_seen: int) -> tuple[dict[str, float], dict[str, float], dict[str, float] | None]:
+        with torch.no_grad():
+            for mine, stacked in zip(single.parameters(), net.parameters(), strict=True):
+                mine.copy_(stacked[s])
+        eval_gen = torch.Generator().manual_seed((seeds[s] + 1) * 7_919_993 + examples_seen)  # as train()
+        keep, loss = tr_keep[s], rc0["loss"]
+        x_tr, t_tr, l_tr = task.x_train, task.t_train, task.labels_train
+        if keep is not None:
+            x_tr, t_tr, l_tr = x_tr[keep], t_tr[keep], l_tr[keep] if l_tr is not None else None
+        tr = evaluate(single, x_tr, t_tr, l_tr, loss, eval_gen, passes=1)
+        te = evaluate(single, task.x_test, task.t_test, task.labels_test, loss, eval_gen)
+        va = None
+        if task.x_valid is not None:
+            va = evaluate(single, task.x_valid, task.t_valid, task.labels_valid, loss, eval_gen)
+        return tr, te, va
+
     def eval_rows(examples_seen: int, extra: list[Mapping[str, float]]) -> None:
+        if shared:
+            for s in alive():
+                t0 = time.time()
+                tr, te, va = eval_seed(s, examples_seen)
+                record(s, metrics_row(examples_seen, n, tr, te, va, extra[s], time.time() - t0))
+            return
         t0 = time.time()
         tr = evaluate_regression(net, x_train, t_train, spread_train)
         te = evaluate_regression(net, x_test, t_test, spread_test)
@@ -238,19 +308,28 @@ def train_ensemble(
             perms = [torch.randperm(n, generator=torch.Generator().manual_seed(s * 1_000_003 + epoch))
                      if tc["shuffle"] else torch.arange(n) for s in seeds]  # each seed's own order, as train()
             perm = torch.stack(perms).to(dev)
-            rows_idx = torch.arange(S, device=dev)[:, None]
-            xs, ts = x_train[rows_idx, perm], t_train[rows_idx, perm]  # this epoch's examples in training order
+            if shared:
+                def take(s0: int, perm: Tensor = perm) -> tuple[Tensor, Tensor]:
+                    """Every seed's minibatch at position s0 of its order, gathered from the one copy (S × bs × in)."""
+                    idx = perm[:, s0 : s0 + bs]
+                    return x_train[idx], t_train[idx]
+            else:
+                rows_idx = torch.arange(S, device=dev)[:, None]
+                xs, ts = x_train[rows_idx, perm], t_train[rows_idx, perm]  # this epoch's examples in training order
 
-            def batches(xs: Tensor = xs, ts: Tensor = ts):
-                for s in range(0, n, bs):
-                    yield xs[:, s : s + bs], ts[:, s : s + bs]
+                def take(s0: int, xs: Tensor = xs, ts: Tensor = ts) -> tuple[Tensor, Tensor]:
+                    return xs[:, s0 : s0 + bs], ts[:, s0 : s0 + bs]
+
+            def batches(take=take):
+                for s0 in range(0, n, bs):
+                    yield take(s0)
 
             extra = dict(rule.on_epoch_start(net, epoch, batches))
             angle_sums: list[dict[str, list[float]]] = [{} for _ in seeds]
             loss_acc = torch.zeros(S, device=dev)
             seen = (epoch - 1) * n
             for k, s0 in enumerate(range(0, n, bs)):
-                x, t = xs[:, s0 : s0 + bs], ts[:, s0 : s0 + bs]
+                x, t = take(s0)
                 net.zero_grad(set_to_none=True)
                 step = rule.compute_grads(net, x, t)
                 if rule.compare_to_backprop and k % tc["angle_every"] == 0:

@@ -214,6 +214,14 @@ class MLP(nn.Module):
         # net); it is drawn as usual, so the generator's stream is that of the untied net, and then set to W_1ᵀ.
         # :meth:`tie_gradients` and :meth:`retie` keep it so through training.
         self.tied = bool(tied)
+        # A stacked ensemble whose layers are computed seed by seed (set by biocredit.ensemble for image data on
+        # the CPU): the same bits as each seed's separate run. One (S, B, n) tensor through PyTorch's CPU kernels
+        # rounds differently in two places: the vectorised sigmoid computes a tensor's last (numel mod vector
+        # width) elements by a scalar loop whose result differs in the last bit (a 10 × 10 output layer alone has
+        # such a tail, inside an (S, 10, 10) tensor it has none), and autograd's backward of a batched product
+        # lays out the weight gradient differently from that of a 2-D product (backprop's dL/dW). Products and
+        # sums of the explicit rules agree bitwise as they are (tests/test_ensemble.py).
+        self.seedwise = False
         if self.tied:
             if len(sizes) != 3 or sizes[0] != sizes[2]:
                 raise ValueError(f"tied: weight tying is for an auto-encoder [n, n_hidden, n], not sizes {list(sizes)}")
@@ -226,9 +234,17 @@ class MLP(nn.Module):
 
     def layer(self, i: int, h_prev: Tensor) -> tuple[Tensor, Tensor]:
         """Layer i (1-based, as in the papers): returns (a_i, h_i)."""
-        a = mm(h_prev, self.W[i - 1].mT)
-        if self.b is not None:
-            a = a + self.b[i - 1].unsqueeze(-2)
+        if self.seedwise:  # one seed at a time, each exactly as alone (see __init__)
+            Ws, hs = self.W[i - 1].unbind(0), h_prev.unbind(0)  # unbind: its backward is one stack, not S copies
+            bs = self.b[i - 1].unbind(0) if self.b is not None else [None] * len(Ws)
+            parts = [self._layer(i, h, W, b) for h, W, b in zip(hs, Ws, bs, strict=True)]
+            return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+        return self._layer(i, h_prev, self.W[i - 1], self.b[i - 1] if self.b is not None else None)
+
+    def _layer(self, i: int, h_prev: Tensor, W: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
+        a = mm(h_prev, W.mT)
+        if b is not None:
+            a = a + b.unsqueeze(-2)
         return a, activation(self.activations[i - 1], a)
 
     # --- transmission --------------------------------------------------------------------------
