@@ -251,3 +251,57 @@ def test_train_with_seeds_writes_every_seeds_default_run_folder(tmp_path, one_th
         summary = json.loads((d / "summary.json").read_text())
         assert summary["seed"] == s and summary["provenance"]["ensemble_size"] == len(SEEDS)
         assert (d / "metrics.csv").is_file() and (d / "checkpoint.pt").is_file()
+
+
+def test_an_ensemble_continues_the_seeds_own_checkpoints_to_a_longer_run(tmp_path, one_thread, mnist_dir):
+    """The paper's length, once chosen, is longer than the runs already made: finished seeds are extended, not
+    retrained, and end as runs of the new length from scratch; one seed without a checkpoint makes all restart."""
+    exp, method = "lillicrap_mnist", "fa"
+    short, long = image_config(tmp_path, epochs=1), image_config(tmp_path, epochs=3)
+    outs = [folder(long, exp, method, s, "ensemble") for s in SEEDS]
+    kw = dict(device="cpu", wandb_cfg={"mode": "disabled"}, threads=1)
+    train_ensemble([resolve_run(short, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)
+    alone = [train(resolve_run(long, exp, method, s), folder(long, exp, method, s), mnist_dir, **kw) for s in SEEDS]
+
+    logs: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("biocredit.ensemble._log", logs.append)
+        together = train_ensemble([resolve_run(long, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)
+    assert any("continuing every seed's own checkpoint of epoch 1 to 3 epochs" in m for m in logs), logs
+    assert not any("epoch 1/3" in m for m in logs), "epoch 1 was trained again"
+    assert_seeds_as_separate_runs(long, exp, method, alone, together)
+    for summary in together:
+        assert [(g["from_epoch"], g["to_epoch"]) for g in summary["provenance"]["segments"]] == [(0, 1), (1, 3)]
+
+    # seed 2 without a checkpoint: an ensemble continues all its seeds or none
+    (outs[2] / "checkpoint.pt").unlink()
+    longer = image_config(tmp_path, epochs=4)
+    logs.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("biocredit.ensemble._log", logs.append)
+        train_ensemble([resolve_run(longer, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)
+    assert any("training every seed from epoch 0: seed(s) 2 have no checkpoint to continue" in m for m in logs), logs
+    assert any("epoch 1/4" in m for m in logs)
+
+
+def test_a_killed_ensemble_resumes_under_a_new_length(tmp_path, one_thread, mnist_dir):
+    exp, method = "lillicrap_mnist", "bp"
+    cfg, longer = image_config(tmp_path, epochs=3), image_config(tmp_path, epochs=4)
+    outs = [folder(cfg, exp, method, s, "ensemble") for s in SEEDS]
+    kw = dict(device="cpu", wandb_cfg={"mode": "disabled"}, threads=1)
+
+    def die_after_epoch_1(msg: str) -> None:
+        if "epoch 1/3" in msg:
+            raise KeyboardInterrupt
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr("biocredit.ensemble._log", die_after_epoch_1)
+        train_ensemble([resolve_run(cfg, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)
+    assert torch.load(outs[0].parent / "checkpoint-seeds0-2.pt", weights_only=False)["epoch"] == 1
+
+    logs: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("biocredit.ensemble._log", logs.append)
+        together = train_ensemble([resolve_run(longer, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)
+    assert any("resuming from the checkpoint of epoch 1 (the runs' length changed to 4 epochs)" in m for m in logs)
+    alone = [train(resolve_run(longer, exp, method, s), folder(longer, exp, method, s), mnist_dir, **kw) for s in SEEDS]
+    assert_seeds_as_separate_runs(longer, exp, method, alone, together)

@@ -45,7 +45,7 @@ from biocredit.config import config_hash
 from biocredit.metrics import target_spread, update_angle_tensors
 from biocredit.nets import MLP, build_net
 from biocredit.rules import RULES
-from biocredit.rules.base import unstack
+from biocredit.rules.base import _stack, unstack
 from biocredit.train import (
     DIVERGENCE_CHECK_EVERY,
     SYNTHETIC_TASKS,
@@ -57,6 +57,7 @@ from biocredit.train import (
     earlier_segments,
     evaluate,
     evaluate_regression,
+    extendable,
     finish_run,
     load_task,
     make_optimizer,
@@ -125,6 +126,34 @@ def train_seeds(
     return [train(rc, out, data_dir, **kw) for rc, out in zip(run_cfgs, out_dirs, strict=True)]
 
 
+def epochs_of(run_cfgs: Sequence[Mapping[str, Any]]) -> int:
+    return run_cfgs[0]["epochs"]
+
+
+def seed_checkpoints(run_cfgs: Sequence[Mapping[str, Any]], chashes: Sequence[str], out_dirs: Sequence[Path],
+                     dev: torch.device) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Every seed's own ``checkpoint.pt`` if each is one train() would continue (the same settings and still
+    running, or :func:`biocredit.train.extendable` to this length) and all stand at the same epoch; else
+    (None, why), why None when no seed has a checkpoint at all."""
+    states, missing = [], []
+    for rc, h, d in zip(run_cfgs, chashes, out_dirs, strict=True):
+        path = d / "checkpoint.pt"
+        st = torch.load(path, map_location=dev, weights_only=False) if path.exists() else None
+        if st is None or not ((st.get("config_hash") == h and st.get("status") == "running") or extendable(st, rc)):
+            missing.append(rc["seed"])
+            st = None
+        states.append(st)
+    if len(missing) == len(states):
+        return None, None if not any((d / "checkpoint.pt").exists() for d in out_dirs) else \
+            "no seed's own checkpoint is one to continue (other settings, or finished at this length)"
+    if missing:
+        return None, f"seed(s) {', '.join(map(str, missing))} have no checkpoint to continue (an ensemble continues all or none)"
+    epochs = sorted({st["epoch"] for st in states})
+    if len(epochs) > 1:
+        return None, f"the seeds' own checkpoints stand at different epochs ({', '.join(map(str, epochs))})"
+    return states, None
+
+
 def train_ensemble(
     run_cfgs: Sequence[Mapping[str, Any]],
     out_dirs: Sequence[str | os.PathLike],
@@ -185,29 +214,59 @@ def train_ensemble(
     status: list[str] = ["completed"] * S
     diverged_at: list[int | None] = [None] * S
     final_state: dict[int, dict[str, Any]] = {}  # a diverged seed's state when it stopped, as train() keeps it
-    start_epoch, wall_before, old_wandb_dirs = 0, 0.0, [None] * S
-    segments: list[dict[str, Any]] = []  # the processes that trained this job (train.new_segment)
+    start_epoch, old_wandb_dirs = 0, [None] * S
+    wall_before = [0.0] * S  # per seed: its training seconds before this process
+    segments: list[list[dict[str, Any]]] = [[] for _ in seeds]  # per seed: the processes that trained it
     ckpt_path = out_dirs[0].parent / f"checkpoint-seeds{label}.pt"
+    resumed = False
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if state.get("config_hashes") == chashes and state["status"] == "running":
+        old_cfgs = state.get("run_configs") or [None] * S
+        extends = state["status"] == "running" and state.get("config_hashes") != chashes and all(
+            extendable({"run_config": old, "status": "running", "epoch": state["epoch"]}, rc)
+            for old, rc in zip(old_cfgs, run_cfgs, strict=True))
+        if (state.get("config_hashes") == chashes and state["status"] == "running") or extends:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optimizer"])
             rule.load_state_dict(state["rule"])
             for g, gs in zip(generators, state["generators"], strict=True):
                 g.set_state(gs)
-            rows, start_epoch, wall_before = state["rows"], state["epoch"], state["wall_seconds"]
+            rows, start_epoch = state["rows"], state["epoch"]
             status, diverged_at, final_state = state["run_status"], state["diverged_at"], state["final_state"]
             old_wandb_dirs = state["wandb_run_dirs"]
-            segments = earlier_segments(state)
-            _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}")
+            walls = state["wall_seconds"]  # one number for all seeds in checkpoints written before 2026-12-02
+            wall_before = list(walls) if isinstance(walls, list) else [walls] * S
+            segs = state.get("segments") or []
+            segments = ([earlier_segments({"segments": x}) for x in segs] if segs and isinstance(segs[0], list)
+                        else [earlier_segments(state) for _ in seeds])
+            resumed = True
+            _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}"
+                 + (f" (the runs' length changed to {epochs_of(run_cfgs)} epochs)" if extends else ""))
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
+    if not resumed:
+        # No ensemble checkpoint: each seed's own checkpoint.pt (of a separate run, or of an earlier ensemble that
+        # finished) continues where train() would continue it (resume, or extend to more epochs); all or none.
+        states, why = seed_checkpoints(run_cfgs, chashes, out_dirs, dev)
+        if states:
+            net.load_state_dict(_stack([st["net"] for st in states]))
+            opt.load_state_dict(_stack([st["optimizer"] for st in states]))
+            rule.load_state_dict(_stack([st["rule"] for st in states]))
+            for g, st in zip(generators, states, strict=True):
+                g.set_state(st["generator"])
+            rows, start_epoch = [list(st["rows"]) for st in states], states[0]["epoch"]
+            wall_before = [st["wall_seconds"] for st in states]
+            segments = [earlier_segments(st) for st in states]
+            old_wandb_dirs = [st.get("wandb_run_dir") for st in states]
+            _log(f"{tag} continuing every seed's own checkpoint of epoch {start_epoch} to {epochs_of(run_cfgs)} epochs")
+        elif why:
+            _log(f"{tag} training every seed from epoch 0: {why}")
 
     started = time.time()
     provenance = [{**run_provenance(rc, h, dev, x_train.shape[-2], x_test.shape[-2]), "ensemble_size": S}
                   for rc, h in zip(run_cfgs, chashes, strict=True)]
-    segments.append(new_segment(start_epoch, provenance[0]))
+    for seg, p in zip(segments, provenance, strict=True):
+        seg.append(new_segment(start_epoch, p))
     trackers = [open_tracker(rc, p, wandb_cfg, Path(wandb_dir or d / "wandb"), old, r)
                 for rc, p, d, old, r in zip(run_cfgs, provenance, out_dirs, old_wandb_dirs, rows, strict=True)]
 
@@ -230,18 +289,20 @@ def train_ensemble(
             "config_hash": chashes[s], "status": run_status, "epoch": epoch, "rows": list(rows[s]),
             "net": unstack(dict(net.state_dict()), s), "optimizer": unstack(opt.state_dict(), s),
             "rule": unstack(rule.state_dict(), s), "generator": generators[s].get_state(),
-            "wall_seconds": wall_before + time.time() - started,
+            "wall_seconds": wall_before[s] + time.time() - started,
             "wandb_run_dir": str(trackers[s].run_dir) if trackers[s].run_dir else None, "run_config": run_cfgs[s],
-            "segments": [dict(seg) for seg in segments],
+            "segments": [dict(seg) for seg in segments[s]],
         }
 
     def checkpoint(epoch: int) -> None:
-        segments[-1].update(to_epoch=epoch, wall_seconds=time.time() - started)
+        for seg in segments:
+            seg[-1].update(to_epoch=epoch, wall_seconds=time.time() - started)
         state = {
-            "config_hashes": chashes, "seeds": seeds, "status": "running", "epoch": epoch, "rows": rows,
-            "run_status": status, "diverged_at": diverged_at, "final_state": final_state,
+            "config_hashes": chashes, "run_configs": run_cfgs, "seeds": seeds, "status": "running", "epoch": epoch,
+            "rows": rows, "run_status": status, "diverged_at": diverged_at, "final_state": final_state,
             "net": net.state_dict(), "optimizer": opt.state_dict(), "rule": rule.state_dict(),
-            "generators": [g.get_state() for g in generators], "wall_seconds": wall_before + time.time() - started,
+            "generators": [g.get_state() for g in generators],
+            "wall_seconds": [w + time.time() - started for w in wall_before],
             "wandb_run_dirs": [str(t.run_dir) if t.run_dir else None for t in trackers], "segments": segments,
         }
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
@@ -367,14 +428,15 @@ def train_ensemble(
             tr.finish(exit_code=1)
         raise
 
-    wall = wall_before + time.time() - started
+    walls = [w + time.time() - started for w in wall_before]
     for s in range(S):  # every seed's folder gets the final checkpoint.pt of a separate run
         state = final_state.get(s) or seed_state(s, rows[s][-1]["epoch"], status[s])
-        state = {**state, "status": status[s], "rows": rows[s], "wall_seconds": wall}
+        state = {**state, "status": status[s], "rows": rows[s], "wall_seconds": walls[s]}
         _atomic_write(out_dirs[s] / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
     memory = peak_memory_mb(dev)  # one process for every seed of the ensemble
-    segments[-1].update(to_epoch=max(r[-1]["epoch"] for r in rows), wall_seconds=time.time() - started)
-    summaries = [finish_run(rc, d, r, st, da, wall, p, tr, memory, segments) for rc, d, r, st, da, p, tr in
-                 zip(run_cfgs, out_dirs, rows, status, diverged_at, provenance, trackers, strict=True)]
+    for seg in segments:
+        seg[-1].update(to_epoch=max(r[-1]["epoch"] for r in rows), wall_seconds=time.time() - started)
+    summaries = [finish_run(rc, d, r, st, da, w, p, tr, memory, sg) for rc, d, r, st, da, w, p, tr, sg in
+                 zip(run_cfgs, out_dirs, rows, status, diverged_at, walls, provenance, trackers, segments, strict=True)]
     ckpt_path.unlink(missing_ok=True)
     return summaries
