@@ -6,7 +6,9 @@
 #   3. real training jobs at paper settings for a few epochs (EPOCHS) on the GPU, W&B off, to time one
 #      epoch with its evaluation and read the job's peak memory (summary.json "memory": RSS and CUDA peak),
 #      from which benchmarks/paper_estimate.py extrapolates the paper-scale wall time on one GPU;
-#   4. several such jobs at once on the one GPU (does packing small-batch jobs raise the throughput?).
+#   4. several such jobs at once on the one GPU (does packing small-batch jobs raise the throughput?);
+#   5. Lillicrap's MNIST net with its seeds as one stacked ensemble (ENSEMBLE seeds, EPOCHS epochs; the
+#      workflow's `ensembles=all`) against one seed alone: is 20 seeds' epoch near one seed's?
 #
 #   BIOCREDIT_DATA_MIRROR=../shared/data bash benchmarks/cuda.sh            # results under $OUT (default benchmarks/cuda_out)
 #   DEVICE=cpu STEPS=5 REPEATS=1 EPOCHS=1 SUBSET=500 OUT=/tmp/cuda_dry bash benchmarks/cuda.sh   # plumbing check on a CPU
@@ -23,6 +25,7 @@ EPOCHS=${EPOCHS:-2}
 STAGES=${STAGES:-1 2 3 4}     # which of the steps above to run
 ONLY=${ONLY:-.}               # step 3: only the jobs whose "experiment-method" matches this regex
 PACK=${PACK:-4}               # step 4: how many jobs at once (a list: "4 8 16")
+ENSEMBLE=${ENSEMBLE:-20}      # step 5: seeds in one ensemble job
 PY=${PY:-python3}
 mkdir -p "$OUT" "$OUT/jobs"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -65,7 +68,7 @@ job() {  # experiment method seed-spec epochs [extra --set ...]
     || say "FAILED: $e $m (see log.txt)"
 }
 
-if stage 3 || stage 4; then  # the training jobs read prepared data (as after the Snakemake data rule)
+if stage 3 || stage 4 || stage 5; then  # the training jobs read prepared data (as after the Snakemake data rule)
   "$PY" -m biocredit prepare-data mnist 2>&1 | tee -a "$LOG"
   [ -e "${BIOCREDIT_DATA_MIRROR:-/nonexistent}/cifar-10-batches-py/data_batch_1" ] && "$PY" -m biocredit prepare-data cifar10 2>&1 | tee -a "$LOG"
 fi
@@ -101,6 +104,14 @@ for k in $PACK; do
   wait
   echo "packed $k jobs: $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$LOG"
 done
+fi
+
+if stage 5; then
+  say "5. lillicrap_mnist: $ENSEMBLE seeds as one ensemble vs one seed, $EPOCHS epochs each"
+  for m in fa bp; do
+    job lillicrap_mnist $m "--seed 0" "$EPOCHS"
+    job lillicrap_mnist $m "--seeds 0-$((ENSEMBLE - 1))" "$EPOCHS"
+  done
 fi
 
 say "done"
