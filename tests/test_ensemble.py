@@ -292,7 +292,10 @@ def test_a_killed_ensemble_resumes_under_a_new_length(tmp_path, one_thread, mnis
 
     def die_after_epoch_1(msg: str) -> None:
         if "epoch 1/3" in msg:
+            assert not any((d / "summary.json").exists() for d in outs), "an earlier run's summary stands"
             raise KeyboardInterrupt
+    outs[0].mkdir(parents=True)
+    (outs[0] / "summary.json").write_text("{}")  # left by an earlier run of other settings
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr("biocredit.ensemble._log", die_after_epoch_1)
         train_ensemble([resolve_run(cfg, exp, method, s) for s in SEEDS], outs, mnist_dir, **kw)

@@ -262,6 +262,10 @@ def train_ensemble(
         elif why:
             _log(f"{tag} training every seed from epoch 0: {why}")
 
+    # As in train(): from here each folder's metrics.csv is this job's; a summary.json of an earlier run (one now
+    # extended, or of other settings) must not stand beside the new rows if the job dies before its end.
+    for d in out_dirs:
+        (d / "summary.json").unlink(missing_ok=True)
     started = time.time()
     provenance = [{**run_provenance(rc, h, dev, x_train.shape[-2], x_test.shape[-2]), "ensemble_size": S}
                   for rc, h in zip(run_cfgs, chashes, strict=True)]
