@@ -9,6 +9,7 @@ import yaml
 from conftest import MNIST_FILES, REPO_CONFIG, method_with_rule, mnist_experiment, one_line, run_cli
 
 from biocredit import cli
+from biocredit.config import resolve_run
 
 EXP = mnist_experiment()
 
@@ -74,7 +75,7 @@ def test_aggregate_before_training_exits_2_naming_a_missing_run(capsys: pytest.C
     assert "summary.json" in line and "missing" in line
 
 
-def _finished_run(d: Path, method: str, seed: int, error: float) -> None:
+def _finished_run(d: Path, method: str, seed: int, error: float, run_config: dict | None = None) -> None:
     import json
 
     d.mkdir(parents=True)
@@ -83,7 +84,8 @@ def _finished_run(d: Path, method: str, seed: int, error: float) -> None:
         "experiment": "lillicrap_linear", "method": method, "rule": method, "seed": seed, "scale": "smoke",
         "status": "completed", "epochs_done": 1, "epochs": 1, "final": {"epoch": 1, "test_error": error, "angle_dh_1": 30.0},
         "best_test_error": error, "wall_seconds": 1.0,
-        "provenance": {"config_hash": "h", "git_commit": "c", "device": "cpu", "torch": "t", "n_train": 300, "n_test": 200}}))
+        "provenance": {"config_hash": "h", "git_commit": "c", "device": "cpu", "torch": "t", "n_train": 300, "n_test": 200},
+        **({"run_config": run_config} if run_config else {})}))
 
 
 def test_partial_aggregation_of_a_run_in_progress_says_how_many_seeds_each_verdict_rests_on(capsys, tmp_path):
@@ -113,6 +115,41 @@ def test_partial_aggregation_of_a_run_in_progress_says_how_many_seeds_each_verdi
     assert angle.startswith("partial (fa 1 of 2 seeds): holds"), angle
     below = next(v for c, v in verdicts.items() if "BP and FA both end below" in c)
     assert below.startswith("no finished run of shallow, node_perturbation"), below
+
+
+def test_aggregate_leaves_out_runs_made_with_other_settings_and_says_which(capsys, tmp_path):
+    """A training length changed after runs finished (Lillicrap's 300 -> 1846 epochs): those runs are not the
+    config's runs now. Without --partial one line names a run and the setting; with it they are left out, listed in
+    the provenance, and the table rests on the runs made with today's settings."""
+    import json
+
+    import pandas as pd
+
+    from biocredit.config import load_config
+
+    exp, longer = "lillicrap_linear", {"experiments.lillicrap_linear.scales.smoke.epochs": 3}
+    then, now = load_config(REPO_CONFIG, {"scale": "smoke"}), load_config(REPO_CONFIG, {"scale": "smoke", **longer})
+    runs = tmp_path / "smoke" / "runs" / exp
+    for m in then["experiments"][exp]["methods"]:
+        for s in range(then["experiments"][exp]["scales"]["smoke"]["seeds"]):
+            made = now if (m, s) == ("bp", 0) else then  # one run made with the new length, the others before
+            _finished_run(runs / m / f"seed{s}", m, s, 1e-3 * (s + 1), resolve_run(made, exp, m, s))
+    args = ["aggregate", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+            "--experiment", exp, "--set", "experiments.lillicrap_linear.scales.smoke.epochs=3"]
+    assert cli.main(args) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "other settings" in line and "epochs: 1 -> 3" in line and "summary.json" in line, line
+    assert cli.main([*args, "--partial"]) == 0
+    assert "left out 7 finished run(s) made with other settings" in capsys.readouterr().err
+    tables = tmp_path / "smoke" / "tables"
+    prov = json.loads((tables / f"{exp}_provenance.json").read_text())
+    assert prov["runs"] == 1 and len(prov["left_out_other_settings"]) == 7
+    table = pd.read_csv(tables / f"{exp}_comparison.csv")
+    angle = next(v for c, v in zip(table["claim"], table["verdict"], strict=True) if "angle" in str(c))
+    assert angle.startswith("no finished run of fa"), angle  # FA's runs were made with the old length
+    # with the settings they were made with, the seven aggregate (bp seed 0 is now the odd one out)
+    assert cli.main([*args[:-2], "--partial"]) == 0
+    assert json.loads((tables / f"{exp}_provenance.json").read_text())["runs"] == 7
 
 
 def test_compare_tabulates_the_aggregated_experiments_and_names_the_others(capsys, tmp_path, monkeypatch):

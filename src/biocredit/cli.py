@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from biocredit.config import WEIGHT_FIGURE_KINDS, ConfigError, DataError, load_config, resolve_run, seeds
+from biocredit.config import (
+    WEIGHT_FIGURE_KINDS,
+    ConfigError,
+    DataError,
+    load_config,
+    resolve_run,
+    seeds,
+    settings_changed,
+)
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -179,13 +187,28 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
     cfg = _load(args, rules=False)  # reads finished runs only: no rule registry, no torch
     exp = cfg["experiments"][args.experiment]
-    dirs = [aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s)
-            for m in exp["methods"] for s in seeds(cfg, args.experiment)]
-    missing = [str(d / "summary.json") for d in dirs if not (d / "summary.json").exists()]
+    cells = {aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s): (m, s)
+             for m in exp["methods"] for s in seeds(cfg, args.experiment)}
+    dirs = list(cells)
+    # A finished run made with other settings than the config's now (e.g. a training length since changed) is
+    # not one of this table's runs: a table never mixes settings without saying so.
+    other: dict[Path, list[str]] = {}
+    for d, (m, s) in cells.items():
+        if (d / "summary.json").exists():
+            then = json.loads((d / "summary.json").read_text()).get("run_config")
+            changed = settings_changed(cfg, args.experiment, m, s, then) if then else []  # (trainers record it)
+            if changed:
+                other[d] = changed
+    if other and not args.partial:
+        d, changed = next(iter(other.items()))
+        raise ConfigError(f"{d / 'summary.json'} (and {len(other) - 1} more) was made with other settings than the "
+                          f"config's now ({'; '.join(changed[:3])}): retrain it (Snakemake reruns it), or aggregate "
+                          "with the settings it was made with (--set ...)")
+    missing = [str(d / "summary.json") for d in dirs if not (d / "summary.json").exists() or d in other]
     if missing and not args.partial:
         raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: train those runs first, or "
                           "pass --partial to aggregate the finished ones")
-    done = [d for d in dirs if (d / "summary.json").exists()]
+    done = [d for d in dirs if (d / "summary.json").exists() and d not in other]
     if not done:
         raise ConfigError(f"{missing[0]} (and {len(missing) - 1} more) missing: no run of {args.experiment} at scale "
                           f"{cfg['scale']} has finished")
@@ -200,6 +223,10 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     record = aggregate.provenance_record(runs)
     if missing:
         record.update(partial=True, missing_runs=[str(Path(m).parent) for m in missing])
+    if other:
+        record["left_out_other_settings"] = {str(d): changed for d, changed in other.items()}
+        print(f"{args.experiment}: left out {len(other)} finished run(s) made with other settings than the config's "
+              f"now (first: {next(iter(other))}: {'; '.join(next(iter(other.values()))[:3])})", file=sys.stderr)
     (tables / f"{args.experiment}_provenance.json").write_text(json.dumps(record, indent=2))
     print(f"{args.experiment}: aggregated {len(runs)} runs into {tables}"
           + (f" (PARTIAL: {len(missing)} of {len(dirs)} runs not finished)" if missing else ""))

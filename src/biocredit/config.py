@@ -241,10 +241,12 @@ def seeds(cfg: Mapping, experiment: str, scale: str | None = None) -> list[int]:
     return list(range(cfg["experiments"][experiment]["scales"][scale]["seeds"]))
 
 
-def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: str | None = None) -> dict:
-    """The fully resolved settings of one training run: everything that determines its numbers."""
-    from biocredit.rules import RULES
+def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: str | None = None,
+                *, rule_defaults: bool = True) -> dict:
+    """The fully resolved settings of one training run: everything that determines its numbers.
 
+    ``rule_defaults=False``: ``params`` holds only what the config sets, without the rule's defaults (no rule
+    registry, so no torch import: for readers of finished runs, :func:`settings_changed`)."""
     scale = scale or cfg["scale"]
     if experiment not in cfg["experiments"]:
         raise ConfigError(f"experiments.{experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
@@ -272,9 +274,35 @@ def resolve_run(cfg: Mapping, experiment: str, method: str, seed: int, scale: st
         "loss": exp["loss"],
         "train": train,
         "rule": m["rule"],
-        "params": RULES[m["rule"]].resolve_params(m.get("params", {})),
+        "params": _rule_params(m) if rule_defaults else dict(m.get("params", {})),
         **scale_settings,
     }
+
+
+def _rule_params(method: Mapping) -> dict:
+    from biocredit.rules import RULES
+
+    return RULES[method["rule"]].resolve_params(method.get("params", {}))
+
+
+def settings_changed(cfg: Mapping, experiment: str, method: str, seed: int, run_config: Mapping) -> list[str]:
+    """The settings (dotted keys, ``key: then -> now``) in which a finished run's ``run_config`` differs from
+    what the config now resolves for that run; [] if none. A rule parameter left at the rule's default is
+    compared only where the config sets it (without the rule registry; a changed default is a code change,
+    which the run's git commit records)."""
+    now = resolve_run(cfg, experiment, method, seed, rule_defaults=False)
+    then = dict(run_config)
+    then["params"] = {k: v for k, v in (then.get("params") or {}).items() if k in now["params"]}
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    walk(then, now, "")
+    return out
 
 
 def ensemble_seeds(cfg: Mapping, experiment: str, method: str) -> bool:
