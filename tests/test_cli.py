@@ -177,6 +177,33 @@ def test_figure_data_before_training_exits_2_naming_the_missing_checkpoint(capsy
     assert "checkpoint.pt" in line and "missing" in line and "seed 0" in line
 
 
+def test_figure_data_refuses_weights_still_training_or_of_other_settings(capsys, tmp_path):
+    """The receptive fields are final weights of today's settings: not a run being extended to a longer length
+    (Lillicrap's 300 -> 1846 epochs), nor one made with the old length."""
+    import torch
+
+    from biocredit.config import load_config
+
+    exp = "lillicrap_mnist"
+    then = load_config(REPO_CONFIG, {"scale": "smoke"})
+    args = ["figure-data", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+            "--experiment", exp, "--figure", "figS_receptive_fields",
+            "--set", f"experiments.{exp}.scales.smoke.epochs=3"]
+    for m in ("bp", "fa", "sparse_fa"):
+        d = tmp_path / "smoke" / "runs" / exp / m / "seed0"
+        d.mkdir(parents=True)
+        torch.save({"status": "completed", "epoch": 1, "run_config": resolve_run(then, exp, m, 0)}, d / "checkpoint.pt")
+    assert cli.main(args) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "bp/seed0/checkpoint.pt" in line and "other settings" in line and "epochs: 1 -> 3" in line, line
+    now = load_config(REPO_CONFIG, {"scale": "smoke", f"experiments.{exp}.scales.smoke.epochs": 3})
+    torch.save({"status": "running", "epoch": 2, "run_config": resolve_run(now, exp, "bp", 0)},
+               tmp_path / "smoke" / "runs" / exp / "bp" / "seed0" / "checkpoint.pt")
+    assert cli.main(args) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "bp/seed0/checkpoint.pt" in line and "still training (epoch 2 of 3)" in line, line
+
+
 def test_figure_data_of_a_curve_figure_exits_2_listing_the_weight_figures(capsys, tmp_path):
     rc = cli.main(["figure-data", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
                    "--experiment", "lillicrap_mnist", "--figure", "fig2a_test_error"])

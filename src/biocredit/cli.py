@@ -248,6 +248,24 @@ def _weight_figures(cfg: Mapping[str, Any], experiment: str, figure: str | None)
     return figs
 
 
+def _check_final_weights(cfg: Mapping[str, Any], experiment: str, method: str, seed: int, ckpt: Path,
+                         figure: str) -> None:
+    """A weight figure shows final weights of the config's settings: not a run still training (e.g. one being
+    extended to a longer length) nor one made with other settings. One line naming the checkpoint otherwise."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    then = state.get("run_config") or {}
+    if state.get("status") == "running":
+        raise ConfigError(f"{ckpt}: still training (epoch {state.get('epoch')} of {then.get('epochs', '?')}); figure "
+                          f"{figure} is drawn from final weights: let the run finish (the same `train` resumes it)")
+    changed = settings_changed(cfg, experiment, method, seed, then) if then else []
+    if changed:
+        raise ConfigError(f"{ckpt}: made with other settings than the config's now ({'; '.join(changed[:3])}); figure "
+                          f"{figure} would mix them: retrain it (Snakemake reruns it), or draw with those settings "
+                          "(--set ...)")
+
+
 def cmd_figure_data(args: argparse.Namespace) -> int:
     """Read the seed-0 checkpoints once and keep what a weight figure shows (see figures.figure_data)."""
     from biocredit.aggregate import run_dir
@@ -261,10 +279,12 @@ def cmd_figure_data(args: argparse.Namespace) -> int:
     for f in _weight_figures(cfg, args.experiment, args.figure):
         dirs = {m: run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, first_seed)
                 for m in f.get("methods") or exp["methods"]}
-        for d in dirs.values():
-            if not (Path(d) / "checkpoint.pt").is_file():
-                raise ConfigError(f"{Path(d) / 'checkpoint.pt'}: missing; figure {f['name']} is drawn from the "
+        for m, d in dirs.items():
+            ckpt = Path(d) / "checkpoint.pt"
+            if not ckpt.is_file():
+                raise ConfigError(f"{ckpt}: missing; figure {f['name']} is drawn from the "
                                   f"final weights of seed {first_seed}: train that run first (snakemake)")
+            _check_final_weights(cfg, args.experiment, m, first_seed, ckpt, f["name"])
         arrays, meta = figure_data(exp, f, dirs, Path(cfg.get("data", {}).get("dir", "data")))
         print(save_figure_data(figure_data_path(cfg, args.experiment, f["name"]), arrays, meta))
     return 0
