@@ -285,7 +285,7 @@ def plot_weight_figure(path: Path, out_stem: Path, provenance: str = "") -> list
     if kind == "receptive_fields":
         # Lillicrap preprint, supplementary figure: initial weights, then each method's final weights (top) and
         # what learning wrote into them (bottom)
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 6.8), squeeze=False)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 7.6), squeeze=False)  # room for 2-line titles
         caption = f"{meta['title']}: receptive fields of {n_units} random hidden units (seed {meta['seed']})"
     else:
         fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 3.6 * n_rows), squeeze=False)

@@ -38,9 +38,16 @@ if _path.split(os.pathsep)[0] != _bin:
 # one experiment in config.yaml reruns only what depends on that experiment.
 MERGED_CONFIG = Path(RESULTS) / "config.merged.yaml"
 _text = yaml.safe_dump(dict(config), sort_keys=False)
-if not MERGED_CONFIG.exists() or MERGED_CONFIG.read_text() != _text:
-    MERGED_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    MERGED_CONFIG.write_text(_text)
+
+
+# Written when the workflow starts, before any job: not by a dry run (`snakemake -n --config ...` plans with other
+# settings and leaves results/ as it is) nor by the jobs of a cluster, which parse this file again.
+onstart:
+    if not MERGED_CONFIG.exists() or MERGED_CONFIG.read_text() != _text:
+        MERGED_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        MERGED_CONFIG.write_text(_text)
+
+
 CLI = f"{PY} -m biocredit {{subcommand}} --config {MERGED_CONFIG}"
 
 
