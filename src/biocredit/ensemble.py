@@ -43,7 +43,7 @@ from torch import Tensor
 
 from biocredit.config import config_hash
 from biocredit.metrics import target_spread, update_angle_tensors
-from biocredit.nets import MLP, build_net
+from biocredit.nets import MLP, build_net, net_transmits
 from biocredit.rules import RULES
 from biocredit.rules.base import _stack, unstack
 from biocredit.train import (
@@ -53,6 +53,7 @@ from biocredit.train import (
     _log,
     _write_csv,
     apply_update,
+    continues,
     diverged_row,
     earlier_segments,
     evaluate,
@@ -84,7 +85,7 @@ def why_not_ensemble(run_cfg: Mapping[str, Any]) -> str | None:
     # An image dataset: every seed reads the same data (each in its own order) and is evaluated alone, as
     # train() evaluates it. What train() does beyond that has no stacked form here:
     net, tc = run_cfg["net"], run_cfg["train"]
-    if build_net(net, torch.Generator().manual_seed(0)).transmits:
+    if net_transmits(net):
         return "a stochastic or non-identity transmission, or noise in the net (train()'s draws are per run)"
     if tc.get("input_noise"):
         return "train.input_noise (train()'s draws are per run)"
@@ -126,10 +127,6 @@ def train_seeds(
     return [train(rc, out, data_dir, **kw) for rc, out in zip(run_cfgs, out_dirs, strict=True)]
 
 
-def epochs_of(run_cfgs: Sequence[Mapping[str, Any]]) -> int:
-    return run_cfgs[0]["epochs"]
-
-
 def seed_checkpoints(run_cfgs: Sequence[Mapping[str, Any]], chashes: Sequence[str], out_dirs: Sequence[Path],
                      dev: torch.device) -> tuple[list[dict[str, Any]] | None, str | None]:
     """Every seed's own ``checkpoint.pt`` if each is one train() would continue (the same settings and still
@@ -139,7 +136,7 @@ def seed_checkpoints(run_cfgs: Sequence[Mapping[str, Any]], chashes: Sequence[st
     for rc, h, d in zip(run_cfgs, chashes, out_dirs, strict=True):
         path = d / "checkpoint.pt"
         st = torch.load(path, map_location=dev, weights_only=False) if path.exists() else None
-        if st is None or not ((st.get("config_hash") == h and st.get("status") == "running") or extendable(st, rc)):
+        if st is None or not continues(st, rc, h):
             missing.append(rc["seed"])
             st = None
         states.append(st)
@@ -241,7 +238,7 @@ def train_ensemble(
                         else [earlier_segments(state) for _ in seeds])
             resumed = True
             _log(f"{tag} resuming from the checkpoint of epoch {start_epoch}"
-                 + (f" (the runs' length changed to {epochs_of(run_cfgs)} epochs)" if extends else ""))
+                 + (f" (the runs' length changed to {rc0['epochs']} epochs)" if extends else ""))
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
     if not resumed:
@@ -258,7 +255,7 @@ def train_ensemble(
             wall_before = [st["wall_seconds"] for st in states]
             segments = [earlier_segments(st) for st in states]
             old_wandb_dirs = [st.get("wandb_run_dir") for st in states]
-            _log(f"{tag} continuing every seed's own checkpoint of epoch {start_epoch} to {epochs_of(run_cfgs)} epochs")
+            _log(f"{tag} continuing every seed's own checkpoint of epoch {start_epoch} to {rc0['epochs']} epochs")
         elif why:
             _log(f"{tag} training every seed from epoch 0: {why}")
 

@@ -251,7 +251,7 @@ class MLP(nn.Module):
     @property
     def transmits(self) -> bool:
         """False for a plain net (every layer reads h_{i-1}, no input or hidden noise): callers may skip s entirely."""
-        return self.input_noise > 0 or self.hidden_noise > 0 or any(k != "identity" for k in self.transmission + self.test_transmission)
+        return _transmits(self.input_noise, self.hidden_noise, self.transmission + self.test_transmission)
 
     def transmission_at(self, i: int) -> str:
         """T_i in the current mode (``self.training``: training, else evaluation), i = 1..L-1."""
@@ -376,6 +376,16 @@ class MLP(nn.Module):
             if out.b is not None:
                 out.b = ParameterList(nn.Parameter(torch.stack([n.b[i] for n in nets])) for i in range(len(out.b)))
         return out
+
+
+def _transmits(input_noise: float, hidden_noise: float, kinds: list[str]) -> bool:
+    return input_noise > 0 or hidden_noise > 0 or any(k != "identity" for k in kinds)
+
+
+def net_transmits(net_cfg: dict) -> bool:
+    """:attr:`MLP.transmits` of the net ``net_cfg`` describes, without building it (no weights drawn)."""
+    kinds = list(net_cfg.get("transmission") or []) + list(net_cfg.get("test_transmission") or [])
+    return _transmits(net_cfg.get("input_noise", 0.0), net_cfg.get("hidden_noise", 0.0), kinds)
 
 
 def build_net(net_cfg: dict, generator: torch.Generator) -> MLP:

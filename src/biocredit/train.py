@@ -294,6 +294,11 @@ def extendable(state: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> bool:
     return ok and config_hash({**old, "epochs": run_cfg["epochs"]}) == config_hash(run_cfg)
 
 
+def continues(state: Mapping[str, Any], run_cfg: Mapping[str, Any], chash: str) -> bool:
+    """True if training picks a checkpoint up: the same settings and still running, or :func:`extendable`."""
+    return (state.get("config_hash") == chash and state.get("status") == "running") or extendable(state, run_cfg)
+
+
 def earlier_segments(state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The training segments a checkpoint records (one per process that trained the run; a killed run resumed
     at another commit has two). A checkpoint written before segments were recorded gives one of unknown commit."""
@@ -462,7 +467,7 @@ def train(
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=False)
         extends = extendable(state, run_cfg)
-        if (state["config_hash"] == chash and state["status"] == "running") or extends:
+        if continues(state, run_cfg, chash):
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["optimizer"])
             rule.load_state_dict(state["rule"])
