@@ -299,3 +299,26 @@ def test_building_an_optimiser_does_not_import_torch_dynamo():
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_hidden_lr_scale_multiplies_the_hidden_layers_step_and_leaves_the_output_layers():
+    """``train.hidden_lr_scale`` (the BP control for FA's large β): the same gradients, every layer but the last
+    moved s times as far; s = 1 takes exactly the step of the config without the key (the old parameter groups)."""
+    x, t = minibatch()
+    steps = {}
+    for scale in (None, 1, 7.0):
+        net = make_net()
+        before = [p.detach().clone() for p in net.parameters()]
+        cfg = {"lr": 0.1, "weight_decay": 1e-3, "weight_decay_mode": "l2", "momentum": 0.0}
+        opt = make_optimizer(net, cfg if scale is None else {**cfg, "hidden_lr_scale": scale})
+        sgd_step(make_rule("backprop", net), net, x, t, opt)
+        steps[scale] = [p.detach() - b for p, b in zip(net.parameters(), before, strict=True)]
+    names = [n for n, _ in make_net().named_parameters()]
+    last = len(SIZES) - 2  # index of the output layer
+    for name, plain, one, seven in zip(names, steps[None], steps[1], steps[7.0], strict=True):
+        assert torch.equal(plain, one), f"{name}: hidden_lr_scale = 1 changed the step"
+        assert plain.abs().sum() > 0, f"{name}: no step to compare"
+        if name.endswith(str(last)):
+            assert torch.equal(seven, plain), f"{name}: the output layer's step changed"
+        else:
+            torch.testing.assert_close(seven, 7.0 * plain, rtol=1e-5, atol=1e-7)  # (deltas of ~0.2-sized weights)

@@ -146,11 +146,23 @@ def train_eval_indices(n: int, k: int, seed: int) -> Tensor:
 
 
 def make_optimizer(net: MLP, train_cfg: Mapping[str, Any]) -> optim.Optimizer:
-    """The forward weights' optimiser; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only."""
+    """The forward weights' optimiser; an L2 weight decay (``weight_decay_mode: l2``) acts on weights only.
+    ``hidden_lr_scale`` (optional, absent = 1): the step size of every layer but the output one (the weights and
+    biases into hidden units) is ``lr`` times this, the output layer's stays ``lr``: a control for rules whose
+    hidden-layer update is larger by construction (FA with a large feedback scale β)."""
     wd = train_cfg["weight_decay"] if train_cfg["weight_decay_mode"] == "l2" else 0.0
-    groups = [{"params": list(net.W), "weight_decay": wd}]
-    if net.b is not None:
-        groups.append({"params": list(net.b), "weight_decay": 0.0})
+    if "hidden_lr_scale" not in train_cfg:
+        groups = [{"params": list(net.W), "weight_decay": wd}]
+        if net.b is not None:
+            groups.append({"params": list(net.b), "weight_decay": 0.0})
+    else:
+        lr, last = train_cfg["lr"], len(net.W) - 1
+        groups = []
+        for i, W in enumerate(net.W):
+            step = lr if i == last else lr * train_cfg["hidden_lr_scale"]
+            groups.append({"params": [W], "weight_decay": wd, "lr": step})
+            if net.b is not None:
+                groups.append({"params": [net.b[i]], "weight_decay": 0.0, "lr": step})
     return optim.make_optimizer(groups, dict(train_cfg))
 
 
