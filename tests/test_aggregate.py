@@ -126,3 +126,42 @@ def test_a_run_resumed_at_another_commit_lists_both_commits_in_the_provenance(tm
     runs, _ = load_runs([tmp_path / "seed0", tmp_path / "seed1"])
     assert runs["git_commits"].tolist() == ["aaa;bbb", "ccc"]
     assert provenance_record(runs)["git_commits"] == ["aaa", "bbb", "ccc"]
+
+
+def test_training_time_counts_an_ensemble_job_once(tmp_path):
+    """Each seed of an ensemble job records the job's whole wall time: the provenance's job time splits it over
+    the seeds (per training segment), while the sum over runs counts it once per seed; the compare line says so."""
+    import json
+
+    from biocredit.aggregate import load_runs, provenance_record
+    from biocredit.cli import _training_time
+
+    seg = {"from_epoch": 0, "to_epoch": 9, "git_commit": "a"}
+    cases = [  # (provenance beyond the basics, wall_seconds, the run's share of its jobs' time)
+        ({"ensemble_size": 20, "segments": [{**seg, "ensemble_size": 20, "wall_seconds": 100.0}]}, 100.0, 5.0),
+        # killed in a 20-seed ensemble, resumed alone by train(): each segment split by its own size
+        ({"ensemble_size": 20, "segments": [{**seg, "ensemble_size": 20, "wall_seconds": 100.0},
+                                            {**seg, "ensemble_size": 1, "wall_seconds": 3.0}]}, 103.0, 8.0),
+        # written before segments recorded their size: the provenance's
+        ({"ensemble_size": 4, "segments": [{**seg, "wall_seconds": 8.0}]}, 8.0, 2.0),
+        ({}, 7.0, 7.0),  # a separate run without segments
+    ]
+    dirs = []
+    for seed, (prov, wall, _) in enumerate(cases):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "metrics.csv").write_text("epoch,test_error\n9,1.0\n")
+        (d / "summary.json").write_text(json.dumps({
+            "experiment": "e", "method": "m", "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
+            "epochs_done": 9, "epochs": 9, "final": {"epoch": 9, "test_error": 1.0}, "best_test_error": 1.0,
+            "wall_seconds": wall, "provenance": {"config_hash": "h", "git_commit": "a", "device": "cpu", "torch": "t",
+                                                 "n_train": 1, "n_test": 1, **prov}}))
+        dirs.append(d)
+    runs, _ = load_runs(dirs)
+    assert runs["job_seconds"].tolist() == [c[2] for c in cases]
+    record = provenance_record(runs)
+    assert record["wall_seconds_total"] == 218.0 and record["job_seconds_total"] == 22.0
+    assert _training_time(record) == ("training wall time 22 s of jobs (218 s summed over runs: seeds trained as "
+                                      "one ensemble)")
+    assert _training_time({**record, "wall_seconds_total": 22.0}) == "training wall time 22 s"
+    assert "summed over runs" in _training_time({"wall_seconds_total": 218.0})  # a table from before job_seconds

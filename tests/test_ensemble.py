@@ -250,6 +250,7 @@ def test_train_with_seeds_writes_every_seeds_default_run_folder(tmp_path, one_th
         d = run_dir(Path(cfg["results_dir"]), "smoke", "lillicrap_pinv", "w0_01", s)
         summary = json.loads((d / "summary.json").read_text())
         assert summary["seed"] == s and summary["provenance"]["ensemble_size"] == len(SEEDS)
+        assert [g["ensemble_size"] for g in summary["provenance"]["segments"]] == [len(SEEDS)]
         assert (d / "metrics.csv").is_file() and (d / "checkpoint.pt").is_file()
 
 

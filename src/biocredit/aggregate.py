@@ -31,6 +31,20 @@ def segment_commits(provenance: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(commits))
 
 
+def job_seconds(summary: Mapping[str, Any]) -> float:
+    """The run's share of the wall time of the processes that trained it. A job that trains S seeds as one
+    ensemble records its whole wall time in each seed's ``wall_seconds``, so summing those counts the job S
+    times; here each training segment's time is split evenly over the seeds it trained (segment
+    ``ensemble_size``; summaries written before segments recorded it use the provenance's, that of the last
+    process, and summaries without segments their ``wall_seconds``)."""
+    prov = summary["provenance"]
+    size = int(prov.get("ensemble_size", 1))
+    segs = prov.get("segments") or []
+    if not segs or any("wall_seconds" not in seg for seg in segs):
+        return float(summary["wall_seconds"]) / size
+    return float(sum(seg["wall_seconds"] / int(seg.get("ensemble_size", size)) for seg in segs))
+
+
 def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run from summary.json, every metrics.csv row with method and seed columns)."""
     summaries, curves = [], []
@@ -42,7 +56,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "scale": s["scale"], "status": s["status"], "epochs_done": s["epochs_done"], "epochs": s["epochs"],
             **{f"final_{k}": v for k, v in s["final"].items() if k not in ("epoch",)},
             "best_test_error": s["best_test_error"], "wall_seconds": s["wall_seconds"],
-            "config_hash": prov["config_hash"], "git_commit": prov["git_commit"],
+            "job_seconds": job_seconds(s), "config_hash": prov["config_hash"], "git_commit": prov["git_commit"],
             # every commit the run trained under (a killed run resumed after a commit has several), ';'-joined
             "git_commits": ";".join(segment_commits(prov)), "device": prov["device"],
             "torch": prov["torch"], "n_train": prov["n_train"], "n_test": prov["n_test"],
@@ -219,6 +233,9 @@ def provenance_record(runs: pd.DataFrame) -> dict[str, Any]:
         "config_hashes": sorted(runs["config_hash"].unique().tolist()),
         "devices": sorted(runs["device"].unique().tolist()),
         "torch": sorted(runs["torch"].unique().tolist()),
+        # summed over runs: a job that trained S seeds as one ensemble counts S times (each seed records its time)
         "wall_seconds_total": float(runs["wall_seconds"].sum()),
+        # the training jobs' own wall time: an ensemble job's counted once (aggregate.job_seconds)
+        "job_seconds_total": float(runs["job_seconds"].sum()) if "job_seconds" in runs else None,
         "statuses": runs["status"].value_counts().to_dict(),
     }
