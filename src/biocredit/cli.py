@@ -419,6 +419,19 @@ def cmd_sync_wandb(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_progress(args: argparse.Namespace) -> int:
+    from biocredit import progress
+
+    cfg = _load(args)
+    unknown = [e for e in args.experiment or [] if e not in cfg["experiments"]]
+    if unknown:
+        raise ConfigError(f"--experiment {unknown[0]!r}: not in {args.config}; experiments: "
+                          f"{', '.join(cfg['experiments'])}")
+    for line in progress.report(cfg, args.experiment or list(cfg["experiments"])):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="biocredit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -473,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--analysis", required=True)
     p.set_defaults(func=cmd_analysis)
+    p = sub.add_parser("progress", help="where the scale's training stands: finished, part-way and missing runs "
+                                        "per experiment × method, and the training time left (read-only)")
+    _common(p)
+    p.add_argument("--experiment", action="append", help="only this experiment (repeatable; default: all)")
+    p.set_defaults(func=cmd_progress)
     p = sub.add_parser("compare", help="write paper_comparison.{csv,md} and log it with the figures to W&B")
     _common(p)
     p.set_defaults(func=cmd_compare)
