@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 from scipy import stats
 
@@ -58,7 +61,6 @@ def test_a_claim_on_a_metric_no_finished_run_logged_says_so_instead_of_failing()
 
 # --- early stopping: a reported number read at each run's lowest validation error -------------------------------
 def write_run(d, method: str, seed: int, valid: list[float], test: list[float]) -> None:
-    import json
 
     d.mkdir(parents=True)
     n = len(valid)
@@ -91,7 +93,6 @@ def test_early_stopping_reads_the_test_error_at_the_lowest_validation_error_not_
 
 
 def test_without_a_validation_set_an_early_stopped_number_has_no_runs(tmp_path):
-    import json
 
     from biocredit.aggregate import comparison_rows, load_runs
 
@@ -105,24 +106,29 @@ def test_without_a_validation_set_an_early_stopped_number_has_no_runs(tmp_path):
     assert comparison_rows("e", {"reported": [rep]}, runs_df, "paper").iloc[0]["verdict"] == "no finished run"
 
 
+def finished_run(d: Path, seed: int, provenance: dict, wall_seconds: float = 1.0) -> Path:
+    """A minimal finished run folder (one metrics row, a summary.json with the given provenance)."""
+
+    d.mkdir()
+    (d / "metrics.csv").write_text("epoch,test_error\n9,1.0\n")
+    (d / "summary.json").write_text(json.dumps({
+        "experiment": "e", "method": "m", "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
+        "epochs_done": 9, "epochs": 9, "final": {"epoch": 9, "test_error": 1.0}, "best_test_error": 1.0,
+        "wall_seconds": wall_seconds, "provenance": {"config_hash": "h", "device": "cpu", "torch": "t", "n_train": 1,
+                                                     "n_test": 1, **provenance}}))
+    return d
+
+
 def test_a_run_resumed_at_another_commit_lists_both_commits_in_the_provenance(tmp_path):
     """A killed run resumed after a commit trained under two commits: the runs table and the experiment's
     provenance name both (older summaries without segments still give their one commit)."""
-    import json
 
     from biocredit.aggregate import load_runs, provenance_record
 
     for seed, prov in ((0, {"git_commit": "bbb", "segments": [{"from_epoch": 0, "to_epoch": 4, "git_commit": "aaa"},
                                                               {"from_epoch": 4, "to_epoch": 9, "git_commit": "bbb"}]}),
                        (1, {"git_commit": "ccc"})):
-        d = tmp_path / f"seed{seed}"
-        d.mkdir()
-        (d / "metrics.csv").write_text("epoch,test_error\n9,1.0\n")
-        (d / "summary.json").write_text(json.dumps({
-            "experiment": "e", "method": "m", "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
-            "epochs_done": 9, "epochs": 9, "final": {"epoch": 9, "test_error": 1.0}, "best_test_error": 1.0,
-            "wall_seconds": 1.0, "provenance": {"config_hash": "h", "device": "cpu", "torch": "t", "n_train": 1,
-                                                "n_test": 1, **prov}}))
+        finished_run(tmp_path / f"seed{seed}", seed, prov)
     runs, _ = load_runs([tmp_path / "seed0", tmp_path / "seed1"])
     assert runs["git_commits"].tolist() == ["aaa;bbb", "ccc"]
     assert provenance_record(runs)["git_commits"] == ["aaa", "bbb", "ccc"]
@@ -131,7 +137,6 @@ def test_a_run_resumed_at_another_commit_lists_both_commits_in_the_provenance(tm
 def test_training_time_counts_an_ensemble_job_once(tmp_path):
     """Each seed of an ensemble job records the job's whole wall time: the provenance's job time splits it over
     the seeds (per training segment), while the sum over runs counts it once per seed; the compare line says so."""
-    import json
 
     from biocredit.aggregate import load_runs, provenance_record
     from biocredit.cli import _training_time
@@ -146,17 +151,8 @@ def test_training_time_counts_an_ensemble_job_once(tmp_path):
         ({"ensemble_size": 4, "segments": [{**seg, "wall_seconds": 8.0}]}, 8.0, 2.0),
         ({}, 7.0, 7.0),  # a separate run without segments
     ]
-    dirs = []
-    for seed, (prov, wall, _) in enumerate(cases):
-        d = tmp_path / f"seed{seed}"
-        d.mkdir()
-        (d / "metrics.csv").write_text("epoch,test_error\n9,1.0\n")
-        (d / "summary.json").write_text(json.dumps({
-            "experiment": "e", "method": "m", "rule": "r", "seed": seed, "scale": "paper", "status": "completed",
-            "epochs_done": 9, "epochs": 9, "final": {"epoch": 9, "test_error": 1.0}, "best_test_error": 1.0,
-            "wall_seconds": wall, "provenance": {"config_hash": "h", "git_commit": "a", "device": "cpu", "torch": "t",
-                                                 "n_train": 1, "n_test": 1, **prov}}))
-        dirs.append(d)
+    dirs = [finished_run(tmp_path / f"seed{seed}", seed, {"git_commit": "a", **prov}, wall)
+            for seed, (prov, wall, _) in enumerate(cases)]
     runs, _ = load_runs(dirs)
     assert runs["job_seconds"].tolist() == [c[2] for c in cases]
     record = provenance_record(runs)
