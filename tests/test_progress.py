@@ -105,3 +105,16 @@ def test_an_ensemble_jobs_checkpoint_counts_for_its_seeds_and_its_epochs_once(sm
     assert runs[0].job == runs[1].job == str(dirs[0].parent / "checkpoint-seeds0-1.pt")
     left, unknown = seconds_left(runs)
     assert unknown == 0 and left == pytest.approx(runs[0].seconds_per_epoch)  # one epoch of one job
+
+
+def test_epoch_time_spreads_an_evaluation_over_the_epochs_its_row_covers():
+    """A run evaluated every 10th epoch (Lee et al.'s discrete and stochastic nets) writes a row, and pays an
+    evaluation, every 10 epochs: its epoch costs the training seconds plus a tenth of the evaluation."""
+    from biocredit.progress import epoch_seconds
+
+    every_10th = [{"epoch": "0", "epoch_seconds": "", "eval_seconds": "10"}] + [
+        {"epoch": str(e), "epoch_seconds": "2.0", "eval_seconds": "10.0"} for e in range(10, 60, 10)]
+    assert epoch_seconds(every_10th) == pytest.approx(3.0)
+    every_epoch = [{"epoch": e, "epoch_seconds": 2.0 if e else float("nan"), "eval_seconds": 1.0} for e in range(4)]
+    assert epoch_seconds(every_epoch) == pytest.approx(3.0)
+    assert epoch_seconds(every_epoch[:1]) is None  # only the evaluation before training: nothing measured

@@ -42,15 +42,20 @@ class RunProgress:
 
 
 def epoch_seconds(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    """Median training + evaluation seconds per epoch over a run's last rows (None before its first epoch)."""
-    times = []
-    for r in rows[-TIMING_ROWS:]:
+    """Median seconds per epoch over a run's last rows (None before its first epoch): a row's training seconds
+    per epoch (``epoch_seconds``, the mean over the epochs it covers) plus its evaluation's ``eval_seconds``
+    spread over those epochs (a run evaluated every k-th epoch writes a row, and evaluates, every k epochs)."""
+    times, before = [], None
+    for r in rows[-TIMING_ROWS - 1:]:
         try:
-            t = float(r.get("epoch_seconds") or "nan") + float(r.get("eval_seconds") or 0.0)
-        except (TypeError, ValueError):
+            epoch = int(float(r["epoch"]))
+            t = float(r.get("epoch_seconds") or "nan") + float(r.get("eval_seconds") or 0.0) / max(
+                epoch - (before if before is not None else epoch - 1), 1)
+        except (KeyError, TypeError, ValueError):
             continue
-        if t == t and int(float(r.get("epoch", 0))) > 0:
+        if before is not None and t == t and epoch > 0:
             times.append(t)
+        before = epoch
     return statistics.median(times) if times else None
 
 
