@@ -6,8 +6,9 @@
 # Appends to benchmarks/threads_lillicrap_mnist.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-epochs=${1:-4}; shift || true
-threads=("${@:-1 2}"); [ $# -gt 0 ] || threads=(1 2)
+epochs=${1:-4}
+threads=(1 2)
+if [ $# -gt 1 ]; then threads=("${@:2}"); fi
 out=benchmarks/threads_lillicrap_mnist.txt
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
