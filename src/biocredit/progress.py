@@ -175,7 +175,9 @@ def report(cfg: Mapping[str, Any], experiments: Sequence[str], now: float | None
         methods = list(cfg["experiments"][exp]["methods"])
         cells = {m: cell_progress(cfg, exp, m) for m in methods}
         epochs = {r.epochs for runs in cells.values() for r in runs}
-        lines.append(f"{exp}: {'/'.join(map(str, sorted(epochs)))} epochs, {len(ss)} seeds × {len(methods)} methods"
+        lengths = sorted(epochs)
+        lines.append(f"{exp}: {'/'.join(map(str, lengths))} epoch{'s' * (lengths != [1])}, {len(ss)} "
+                     f"seed{'s' * (len(ss) != 1)} × {len(methods)} method{'s' * (len(methods) != 1)}"
                      + _tables_note(cfg, exp))
         width = max(map(len, methods))
         for m, runs in cells.items():
