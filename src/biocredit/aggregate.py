@@ -236,6 +236,6 @@ def provenance_record(runs: pd.DataFrame) -> dict[str, Any]:
         # summed over runs: a job that trained S seeds as one ensemble counts S times (each seed records its time)
         "wall_seconds_total": float(runs["wall_seconds"].sum()),
         # the training jobs' own wall time: an ensemble job's counted once (aggregate.job_seconds)
-        "job_seconds_total": float(runs["job_seconds"].sum()) if "job_seconds" in runs else None,
+        "job_seconds_total": float(runs["job_seconds"].sum()),
         "statuses": runs["status"].value_counts().to_dict(),
     }

@@ -11,6 +11,7 @@ CPU time, run in pieces, on several machines or a cluster: this is the one place
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import time
@@ -84,7 +85,7 @@ def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int
     ensembles = {} if ensembles is None else ensembles
     d = run_dir(Path(cfg["results_dir"]), cfg["scale"], experiment, method, seed)
     rc = resolve_run(cfg, experiment, method, seed)
-    epochs = int(rc["epochs"])
+    chash, epochs = config_hash(rc), int(rc["epochs"])
     changed: list[str] = []
     summary_path = d / "summary.json"
     if summary_path.exists():
@@ -102,8 +103,8 @@ def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int
     if view:
         candidates.insert(0, view)  # an ensemble job in progress is further on than the seed's own checkpoint
     for path, st in candidates:
-        if continues(st, rc, config_hash(rc)):
-            running = st.get("status") == "running" and st.get("config_hash") == config_hash(rc)
+        if continues(st, rc, chash):
+            running = st.get("status") == "running" and st.get("config_hash") == chash
             return RunProgress(seed, "training" if running else "to extend", int(st["epoch"]), epochs,
                                epoch_seconds(st.get("rows") or []), path.stat().st_mtime,
                                str(path if path.name != "checkpoint.pt" else d))
@@ -114,8 +115,6 @@ def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
-    import csv
-
     if not path.exists():
         return []
     with open(path, newline="") as f:
