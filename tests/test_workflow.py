@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -299,6 +300,55 @@ def test_the_committed_quick_results_need_no_run_folders(tmp_path: Path):
     counts = job_counts(out) if "Job stats:" in out else {}
     assert not {"train", "prepare_data", "aggregate", "figure_data"} & set(counts), counts
     assert not any(rule.startswith("train_ensemble") for rule in counts), counts
+
+
+def test_partial_tables_ask_for_the_runs_they_lack(workflow: Workflow, tmp_path: Path):
+    """Tables that `aggregate --partial` made while runs still train (the committed paper-scale MNIST ones) must
+    not answer the experiment's target or `all` with "Nothing to be done": Snakemake reruns no job whose outputs
+    exist because an input is missing, so without more the lacking runs would never train. Here a clone holds
+    every run but one, its tables made by the real `aggregate --partial`, times in path order as git sets them,
+    and no data folder: the data are prepared for the lacking run, and that must not retrain the finished ones."""
+    exp_name = mnist_experiment(workflow.config)
+    clone = new_workflow(tmp_path)
+    for p in committed_outputs(workflow.results):
+        dest = clone.results / p.relative_to(workflow.results)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    runs = sorted(p.parent for p in (workflow.results / "runs" / exp_name).glob("*/seed*/summary.json"))
+    assert len(runs) >= 2, runs
+    lacking, finished = runs[0], runs[1:]
+    for run in finished:
+        shutil.copytree(run, clone.results / run.relative_to(workflow.results))
+    proc = subprocess.run([sys.executable, "-m", "biocredit", "aggregate", "--experiment", exp_name, "--partial",
+                           "--config", str(clone.root / "config.yaml")], cwd=clone.root, env=clone.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    provenance = json.loads((clone.results / "tables" / f"{exp_name}_provenance.json").read_text())
+    assert provenance["partial"] is True and len(provenance["missing_runs"]) == 1, provenance
+    stamp_in_path_order(clone.root, [p for p in clone.root.rglob("*") if p.is_file()])  # runs/ older than tables/
+
+    for target in ([exp_name], []):  # the experiment's target, then `all`
+        proc = clone.snakemake("-n", *target)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert "Nothing to be done" not in out, f"{target or 'all'}: the lacking run is never trained\n{out[-3000:]}"
+        counts = job_counts(out)
+        assert counts.get("train") == 1 and counts.get("aggregate") == 1, (target, counts)
+        assert counts.get("prepare_data") == 1, (target, counts)
+        trained = re.findall(r"Training (\S+) / (\S+) / seed (\d+)", out)
+        assert set(trained) == {(exp_name, lacking.parent.name, lacking.name.removeprefix("seed"))}, trained
+
+    # once aggregated in full (here: the lacking run back in place), the tables ask for nothing more
+    shutil.copytree(lacking, clone.results / lacking.relative_to(workflow.results))
+    proc = subprocess.run([sys.executable, "-m", "biocredit", "aggregate", "--experiment", exp_name,
+                           "--config", str(clone.root / "config.yaml")], cwd=clone.root, env=clone.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = clone.snakemake("-n", exp_name)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out) if "Job stats:" in out else {}
+    assert not {"train", "aggregate"} & set(counts), counts
 
 
 def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(workflow: Workflow):

@@ -1,4 +1,5 @@
 # Config validation (one line per problem, before any job runs), paths, and the run list.
+import json
 import os
 import shlex
 from pathlib import Path
@@ -67,19 +68,60 @@ def run_summaries(experiment):
     )
 
 
+def tables_partial(experiment):
+    """Whether the experiment's tables were made by `aggregate --partial` (provenance `partial`)."""
+    provenance = Path(RESULTS) / "tables" / f"{experiment}_provenance.json"
+    try:
+        return bool(json.loads(provenance.read_text()).get("partial", False))
+    except (OSError, ValueError):  # no tables yet (the targets need them anyway), or unreadable ones
+        return False
+
+
+def awaited_runs(experiment):
+    """The runs that the experiment's tables still lack, when `aggregate --partial` made them.
+
+    Snakemake does not rerun a job whose outputs exist only because an input is missing (a missing input is not
+    "newer"), so partial tables, such as the committed paper-scale MNIST ones, would otherwise answer the
+    experiment's target and `all` with "Nothing to be done" and never train the rest. Both targets ask for these
+    summaries too: their training jobs run, and the aggregation, figures and comparison follow them as usual.
+    Complete tables ask for nothing, so a clone whose run folders are not committed trains nothing."""
+    if not tables_partial(experiment):
+        return []
+    return [s for s in run_summaries(experiment) if not Path(s).exists()]
+
+
 def ensemble_methods(experiment):
     """The methods of an experiment whose seeds train together in one job (rule train_ensemble_<experiment>)."""
     return [m for m in experiment_cfg(experiment)["methods"] if ensemble_seeds(config, experiment, m)]
 
 
-def dataset_marker(experiment):
+def dataset_marker(experiment, outputs=None, runs=False):
     """The verified.json that rule prepare_data writes for the experiment's dataset (none for synthetic tasks).
 
     Marked ancient: the data are checked against fixed SHA-256 hashes, so a verified.json rewritten with the same
     content (a re-verification after a file's mtime changed, a second checkout sharing the data folder) must not
-    make every finished run of that dataset look out of date. A missing verified.json still runs prepare_data."""
+    make every finished run of that dataset look out of date. A missing verified.json still runs prepare_data.
+
+    With ``outputs`` (the files a job writes), a verified.json that does not exist yet is asked for only by a job
+    that has one of them missing and, for a training job (``runs``), only where the experiment's tables are
+    missing or partial (the runs that will train). A job that is done does not read the data again, and
+    `ancient` does not stop Snakemake from rerunning every job whose input another job is about to make: in a
+    clone or on a new machine without the data folder, prepare_data would otherwise retrain every finished
+    (committed) run, and train every run that complete committed tables no longer need. An existing
+    verified.json stays an input of every job, so the set of inputs Snakemake recorded for a finished job does
+    not change (that too would rerun it). A job that runs without it (--forcerun, or a changed setting, on a
+    machine whose data were never prepared) stops at once with the loader's line naming `prepare-data`."""
     folder = DATASET_FOLDERS.get(experiment_cfg(experiment)["dataset"])
-    return [ancient(f"{DATA}/{folder}/verified.json")] if folder else []
+    if not folder:
+        return []
+    marker = f"{DATA}/{folder}/verified.json"
+    if outputs is None or Path(marker).exists():
+        return [ancient(marker)]
+    if all(Path(o).exists() for o in outputs):
+        return []
+    if runs and Path(RESULTS, "tables", f"{experiment}_comparison.csv").exists() and not tables_partial(experiment):
+        return []
+    return [ancient(marker)]
 
 
 def data_source_flags():

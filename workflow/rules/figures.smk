@@ -7,7 +7,11 @@ rule figure_data:
             f"{RESULTS}/runs/{w.experiment}/{{method}}/seed{seeds(config, w.experiment)[0]}/summary.json",
             method=figure_cfg(w).get("methods") or list(experiment_cfg(w.experiment)["methods"]),
         ),
-        data=lambda w: dataset_marker(w.experiment) if figure_cfg(w)["kind"] == "reconstructions" else [],
+        data=lambda w: (
+            dataset_marker(w.experiment, [f"{RESULTS}/figure_data/{w.experiment}_{w.fig}.npz"])
+            if figure_cfg(w)["kind"] == "reconstructions"
+            else []
+        ),
     output:
         f"{RESULTS}/figure_data/{{experiment}}_{{fig}}.npz",
     params:

@@ -57,4 +57,5 @@ for _name in EXPERIMENTS + ANALYSES:
         input:
             figure_files(_name) if _name in EXPERIMENTS else [f"{RESULTS}/figures/{_name}.png"],
             f"{RESULTS}/tables/{_name}_comparison.csv",
+            awaited_runs(_name) if _name in EXPERIMENTS else [],
         localrule: True

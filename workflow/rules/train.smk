@@ -1,6 +1,8 @@
 rule train:
     input:
-        data=lambda w: dataset_marker(w.experiment),
+        data=lambda w: dataset_marker(
+            w.experiment, [f"{RESULTS}/runs/{w.experiment}/{w.method}/seed{w.seed}/summary.json"], runs=True
+        ),
     output:
         summary=f"{RESULTS}/runs/{{experiment}}/{{method}}/seed{{seed}}/summary.json",
         metrics=f"{RESULTS}/runs/{{experiment}}/{{method}}/seed{{seed}}/metrics.csv",
@@ -35,7 +37,9 @@ for _exp in EXPERIMENTS:
         name:
             f"train_ensemble_{_exp}"
         input:
-            data=dataset_marker(_exp),
+            data=lambda w, _exp=_exp: dataset_marker(
+                _exp, [f"{RESULTS}/runs/{_exp}/{w.method}/seed{s}/summary.json" for s in seeds(config, _exp)], runs=True
+            ),
         output:
             summaries=expand(f"{RESULTS}/runs/{_exp}/{{{{method}}}}/seed{{seed}}/summary.json", seed=seeds(config, _exp)),
             metrics=expand(f"{RESULTS}/runs/{_exp}/{{{{method}}}}/seed{{seed}}/metrics.csv", seed=seeds(config, _exp)),
@@ -73,7 +77,7 @@ SELECTING = [e for e in EXPERIMENTS if experiment_cfg(e).get("length_selection")
 
 rule select_length:
     input:
-        data=lambda w: dataset_marker(w.experiment),
+        data=lambda w: dataset_marker(w.experiment, [f"{RESULTS}/length_selection/{w.experiment}/length_selection.json"]),
     output:
         record=f"{RESULTS}/length_selection/{{experiment}}/length_selection.json",
         figure=f"{RESULTS}/length_selection/{{experiment}}/length_selection.png",
