@@ -4,6 +4,7 @@ missing, and the training time left, on real (tiny) MNIST runs and their real ch
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,17 @@ def test_epoch_time_spreads_an_evaluation_over_the_epochs_its_row_covers():
     every_epoch = [{"epoch": e, "epoch_seconds": 2.0 if e else float("nan"), "eval_seconds": 1.0} for e in range(4)]
     assert epoch_seconds(every_epoch) == pytest.approx(3.0)
     assert epoch_seconds(every_epoch[:1]) is None  # only the evaluation before training: nothing measured
+
+
+def test_partial_tables_say_how_the_workflow_trains_the_rest(small_config):
+    """Tables made by `aggregate --partial` name the workflow target that trains the runs they lack; complete
+    tables only say how many runs they hold."""
+    tables = Path(small_config["results_dir"]) / "smoke" / "tables"
+    tables.mkdir(parents=True)
+    hint = f"`snakemake --config scale=smoke {EXP}` trains the rest"
+    (tables / f"{EXP}_provenance.json").write_text(json.dumps({"runs": 1, "partial": True}))
+    head = next(line for line in report(small_config, [EXP]) if line.startswith(EXP))
+    assert "hold 1 run(s) (partial: " in head and hint in head, head
+    (tables / f"{EXP}_provenance.json").write_text(json.dumps({"runs": 4}))
+    head = next(line for line in report(small_config, [EXP]) if line.startswith(EXP))
+    assert head.endswith("hold 4 run(s)") and hint not in head, head

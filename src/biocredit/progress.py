@@ -160,7 +160,10 @@ def _tables_note(cfg: Mapping[str, Any], experiment: str) -> str:
     if not path.exists():
         return ""
     prov = json.loads(path.read_text())
-    return f"; its tables ({path.parent}) hold {prov['runs']} run(s)" + (" (partial)" if prov.get("partial") else "")
+    note = f"; its tables ({path.parent}) hold {prov['runs']} run(s)"
+    if prov.get("partial"):  # such tables ask the workflow for the runs they lack (workflow/rules/common.smk)
+        note += f" (partial: `snakemake --config scale={cfg['scale']} {experiment}` trains the rest)"
+    return note
 
 
 def report(cfg: Mapping[str, Any], experiments: Sequence[str], now: float | None = None) -> list[str]:
