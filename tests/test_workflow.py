@@ -350,6 +350,15 @@ def test_partial_tables_ask_for_the_runs_they_lack(workflow: Workflow, tmp_path:
     counts = job_counts(out) if "Job stats:" in out else {}
     assert not {"train", "aggregate"} & set(counts), counts
 
+    # a finished run forced to rerun where the data were never prepared stops with the loader's line
+    forced = finished[0]
+    method, seed = forced.parent.name, forced.name.removeprefix("seed")
+    proc = clone.snakemake("--forcerun", "train", "--", str(clone.results / forced.relative_to(workflow.results)
+                                                               / "summary.json"))
+    assert proc.returncode != 0 and not (clone.root / "data").exists(), (proc.stdout + proc.stderr)[-3000:]
+    log = (clone.results / "logs" / "train" / exp_name / method / f"seed{seed}.log").read_text()
+    assert "not prepared" in log and f"prepare-data {clone.config['experiments'][exp_name]['dataset']}" in log, log
+
 
 def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(workflow: Workflow):
     """The data folder is shared by every scale: a verified.json rewritten with the same content (new mtime), or a
