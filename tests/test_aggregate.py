@@ -161,3 +161,58 @@ def test_training_time_counts_an_ensemble_job_once(tmp_path):
                                       "one ensemble)")
     assert _training_time({**record, "wall_seconds_total": 22.0}) == "training wall time 22 s"
     assert "summed over runs" in _training_time({"wall_seconds_total": 218.0})  # a table from before job_seconds
+
+
+# --- claims about the start and the speed (Lillicrap Fig. 1: the angle starts near 90°, FA as quick as BP) ----
+def curve_run(d: Path, method: str, seed: int, nse: list[float], angle: list[float] | None = None) -> None:
+    """A finished run whose rows come every 100 examples from 0; the angle is not logged on row 0."""
+    d.mkdir(parents=True)
+    rows = {"epoch": [0.01 * k for k in range(len(nse))], "examples_seen": [100 * k for k in range(len(nse))],
+            "test_error": nse}
+    if angle is not None:
+        rows["angle_dh_1"] = [float("nan"), *angle]
+    pd.DataFrame(rows).to_csv(d / "metrics.csv", index=False)
+    final = {"epoch": 1, "test_error": nse[-1], **({"angle_dh_1": angle[-1]} if angle else {})}
+    (d / "summary.json").write_text(json.dumps({
+        "experiment": "e", "method": method, "rule": "r", "seed": seed, "scale": "quick", "status": "completed",
+        "epochs_done": 1, "epochs": 1, "final": final, "best_test_error": min(nse), "wall_seconds": 1.0,
+        "provenance": {"config_hash": "h", "git_commit": "c", "device": "cpu", "torch": "t", "n_train": 1, "n_test": 1}}))
+
+
+def test_claims_read_the_first_logged_value_and_how_soon_a_value_is_reached(tmp_path: Path):
+    from biocredit.aggregate import comparison_rows, load_runs
+
+    curve_run(tmp_path / "fa0", "fa", 0, [1.0, 0.5, 0.008, 0.001], angle=[88.0, 40.0, 30.0])
+    curve_run(tmp_path / "fa1", "fa", 1, [1.0, 0.2, 0.05, 0.009], angle=[84.0, 50.0, 20.0])
+    curve_run(tmp_path / "bp0", "bp", 0, [1.0, 0.9, 0.02, 0.005])
+    curve_run(tmp_path / "bp1", "bp", 1, [1.0, 0.9, 0.3, 0.004])
+    curve_run(tmp_path / "sh0", "shallow", 0, [1.0, 0.6, 0.4, 0.35])
+    curve_run(tmp_path / "sh1", "shallow", 1, [1.0, 0.6, 0.4, 0.009])  # reaches it on its last row
+    runs_df, curves = load_runs(sorted(tmp_path.iterdir()))
+    # the first row that logs the angle (row 0 does not), not the last
+    assert runs_df.set_index(["method", "seed"]).loc[("fa", 1), "first_angle_dh_1"] == 84.0
+    starts = {"text": "starts near 90", "metric": "angle_dh_1", "at": "first", "higher": ["fa"], "above": 80,
+              "source": "s"}
+    assert claim_verdict(starts, runs_df) == ("holds", "fa 86")
+    assert claim_verdict({**starts, "above": 87}, runs_df)[0] == "does NOT hold"
+    ends = {"text": "ends below 60", "metric": "angle_dh_1", "lower": ["fa"], "below": 60}
+    assert claim_verdict(ends, runs_df) == ("holds", "fa 25")
+    # FA reaches NSE 0.01 after 200 and 300 examples (mean 250), BP after 300 and 300
+    quick = {"text": "fa as quick", "metric": "test_error", "reach": 0.01, "lower": ["fa"], "higher": ["bp"],
+             "source": "s"}
+    verdict, stat = claim_verdict(quick, runs_df, curves)
+    assert verdict == "holds" and stat == "test_error <= 0.01 after: fa 250 examples; bp 300 examples"
+    assert claim_verdict({**quick, "lower": ["bp"], "higher": ["fa"]}, runs_df, curves)[0] == "does NOT hold"
+    assert claim_verdict({**quick, "lower": ["bp"], "higher": ["fa"], "margin": 60}, runs_df, curves)[0] == "holds"
+    # one shallow run never reaches it: the method is infinitely late, and the table says how many runs did
+    slow = {**quick, "lower": ["fa", "bp"], "higher": ["shallow"]}
+    verdict, stat = claim_verdict(slow, runs_df, curves)
+    assert verdict == "holds" and stat.endswith("shallow 300 examples in 1 of 2 runs, never in 1")
+    assert claim_verdict({**quick, "lower": ["shallow"], "higher": ["fa"]}, runs_df, curves)[0] == "does NOT hold"
+    # only finished runs count: a shallow run still training is left out of the rows
+    unfinished = runs_df[~((runs_df["method"] == "shallow") & (runs_df["seed"] == 0))]
+    assert claim_verdict(slow, unfinished, curves)[1].endswith("shallow 300 examples")
+    table = comparison_rows("e", {"claims": [starts, quick]}, runs_df, "quick", curves=curves)
+    assert table["verdict"].tolist() == ["holds", "holds"]
+    assert table["metric"].tolist() == ["angle_dh_1 (first row)", "test_error (how soon <= 0.01)"]
+    assert comparison_rows("e", {"claims": [quick]}, runs_df, "quick")["verdict"].iloc[0].startswith("no finished run")

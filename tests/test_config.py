@@ -77,6 +77,14 @@ BAD_INPUTS = [
      f"experiments.{EXP}.reported.0.at", "valid_size"),
     ("unknown reading point", _set("experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
      "experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
+    ("early rows sparser than their span", _set("experiments.lillicrap_linear.train.early_rows", {"until": 50, "every": 60}),
+     "experiments.lillicrap_linear.train.early_rows", "every = 60"),
+    ("early rows between minibatches", _set("experiments.lillicrap_linear.train.batch_size", 10),
+     "experiments.lillicrap_linear.train.early_rows", "batch size (10)"),
+    ("a how-soon claim read at the first row", _set("experiments.lillicrap_linear.claims.4.at", "first"),
+     "experiments.lillicrap_linear.claims.4.reach", "at: first"),
+    ("a claim about the start with lower methods", _set("experiments.lillicrap_linear.claims.3.lower", ["fa"]),
+     "experiments.lillicrap_linear.claims.3", "above"),
 ]
 
 
@@ -94,6 +102,17 @@ def test_bad_config_is_rejected_with_one_line_naming_the_key(tmp_path: Path, mut
     assert word in msg, msg
     with pytest.raises(ConfigError):  # the same check, as the Snakefile calls it on its merged config
         validate(cfg, "snakemake config")
+
+
+def test_overrides_reach_into_lists_and_a_bad_path_is_one_line():
+    cfg = load_config(REPO_CONFIG, {"experiments.lillicrap_linear.claims.2.below": 45})
+    assert cfg["experiments"]["lillicrap_linear"]["claims"][2]["below"] == 45
+    for key, words in (("experiments.lillicrap_linear.claims.30.below", "list of 7 (use 0..6)"),
+                       ("experiments.lillicrap_linear.claims.x.below", "list of 7"),
+                       ("experiments.lillicrap_linear.train.lr.x", "train.lr is a value (0.005)")):
+        with pytest.raises(ConfigError) as err:
+            load_config(REPO_CONFIG, {key: 1})
+        assert str(err.value).startswith(f"--set {key}: ") and words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_overrides_are_validated_like_the_file():

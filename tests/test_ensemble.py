@@ -110,6 +110,37 @@ def test_every_seed_of_an_ensemble_gets_the_numbers_of_its_separate_run(tmp_path
         assert {"angle_dh_1", "angle_dW_1", "angle_dh_1_sd"} <= set(rows[0][-1])
     if exp == "lillicrap_pinv":
         assert "angle_dh_pbp_1" in rows[0][-1]
+    if exp == "lillicrap_linear":  # train.early_rows {until: 50, every: 5}, then a row every 100 examples
+        seen = [int(r["examples_seen"]) for r in rows[0]]
+        assert seen[:13] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 100, 200] and seen[-1] == 600
+        if method == "fa":  # the angle on every one of the first 50 examples: each early window has five
+            assert all(r["angle_dh_1"] and r["angle_dh_1_sd"] for r in rows[0][1:11])
+
+
+def test_the_finer_start_measures_more_and_changes_no_training_number(tmp_path, one_thread):
+    """early_rows adds rows and angle measurements within the first 50 examples; the weights, the losses at every
+    row both runs write, and the angles of windows after the start are those of a run without it."""
+    cfg = synthetic_config(tmp_path)
+    fine = resolve_run(cfg, "lillicrap_linear", "fa", 0)
+    coarse = resolve_run(cfg, "lillicrap_linear", "fa", 0)
+    del coarse["train"]["early_rows"]
+    wb = {"mode": "disabled"}
+    train(fine, tmp_path / "fine", "data", device="cpu", wandb_cfg=wb, threads=1)
+    train(coarse, tmp_path / "coarse", "data", device="cpu", wandb_cfg=wb, threads=1)
+    a, b = read_metrics(tmp_path / "fine" / "metrics.csv"), read_metrics(tmp_path / "coarse" / "metrics.csv")
+    assert [r["examples_seen"] for r in b][:3] == ["0", "100", "200"] and len(a) == len(b) + 10
+    by_seen = {r["examples_seen"]: r for r in a}
+    angles = ("angle_dh_1", "angle_dh_1_sd", "angle_dW_1", "angle_dW_1_sd")
+    for r in b:
+        mine = by_seen[r["examples_seen"]]
+        keep = [k for k in r if not (r["examples_seen"] == "100" and k in angles)]  # window 1-100 vs 51-100
+        assert {k: mine[k] for k in keep} == {k: r[k] for k in keep}
+    assert by_seen["100"]["angle_dh_1"] != b[1]["angle_dh_1"]
+    ck_a = torch.load(tmp_path / "fine" / "checkpoint.pt", weights_only=False)["net"]
+    ck_b = torch.load(tmp_path / "coarse" / "checkpoint.pt", weights_only=False)["net"]
+    assert all(torch.equal(ck_a[k], ck_b[k]) for k in ck_a)
+    # the first five examples: FA's feedback B and BP's Wᵀ are unrelated yet, so their updates are ~orthogonal
+    assert 75 < float(a[1]["angle_dh_1"]) < 105 and float(a[-1]["angle_dh_1"]) < 60
 
 
 @pytest.mark.parametrize(("exp", "method"), [

@@ -63,6 +63,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         })
         m = pd.read_csv(d / "metrics.csv")
         summaries[-1].update(early_stopping(m))
+        summaries[-1].update(first_values(m))
         m.insert(0, "seed", s["seed"])
         m.insert(0, "method", s["method"])
         curves.append(m)
@@ -81,6 +82,30 @@ def early_stopping(metrics: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def first_values(metrics: pd.DataFrame) -> dict[str, float]:
+    """``first_<m>``: each metric m at the first row that logs it (claims about the start, ``at: first``)."""
+    out = {}
+    for col in metrics.columns:
+        if col in ("epoch", "examples_seen", "epoch_seconds", "eval_seconds"):
+            continue
+        logged = metrics[col].dropna()
+        if len(logged):
+            out[f"first_{col}"] = float(logged.iloc[0])
+    return out
+
+
+def reach_times(curves: pd.DataFrame, metric: str, value: float) -> pd.DataFrame:
+    """Per run (method, seed): how soon its `metric` is first <= `value`, in examples seen (epochs where the
+    runs log no examples); inf where it never is."""
+    x = "examples_seen" if "examples_seen" in curves.columns and curves["examples_seen"].notna().any() else "epoch"
+    out = []
+    for (method, seed), c in curves.groupby(["method", "seed"], sort=False):
+        hit = c.loc[c[metric] <= value, x] if metric in c.columns else pd.Series(dtype=float)
+        out.append({"method": method, "seed": seed, "reach": float(hit.min()) if len(hit) else math.inf})
+    return pd.DataFrame(out, columns=["method", "seed", "reach"]).assign(unit="examples" if x == "examples_seen"
+                                                                        else "epochs")
+
+
 def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd, min, max and n over seeds of every metric, per method and epoch (and examples seen)."""
     keys = ["method", "epoch"] + (["examples_seen"] if "examples_seen" in curves.columns else [])
@@ -96,11 +121,12 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 
 def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, scale: str,
-                    expected_seeds: int | None = None) -> pd.DataFrame:
+                    expected_seeds: int | None = None, curves: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per reported number and per qualitative claim of an experiment, with a verdict.
 
     ``expected_seeds``: the scale's seeds per method; a verdict resting on fewer finished runs of a method (a
-    partial aggregation while the rest still train) starts with "partial (k of n seeds)"."""
+    partial aggregation while the rest still train) starts with "partial (k of n seeds)". ``curves``: the runs'
+    metrics rows (load_runs), which claims with ``reach`` read."""
     rows = []
     comparable = scale == "paper"
     epochs = int(runs["epochs"].max()) if len(runs) else 0
@@ -142,31 +168,42 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
             "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": partial([rep["method"]], verdict),
         })
     for claim in exp.get("claims", []):
-        verdict, stat = claim_verdict(claim, ok)
+        verdict, stat = claim_verdict(claim, ok, curves)
+        methods = [*claim.get("lower", []), *claim.get("higher", [])]
+        metric = claim["metric"] + (" (first row)" if claim.get("at") == "first" else "") + (
+            f" (how soon <= {claim['reach']:g})" if "reach" in claim else "")
         rows.append({
             "experiment": exp_name, "figure": exp.get("figure", ""), "claim": claim["text"],
-            "method": ", ".join([*claim["lower"], *claim.get("higher", [])]), "metric": claim["metric"], "paper": math.nan,
+            "method": ", ".join(methods), "metric": metric, "paper": math.nan,
             "unit": claim.get("unit", ""), "source": claim["source"] + (
                 f"; paper: {claim['paper_statistic']}" if claim.get("paper_statistic") else ""),
             "ours_mean": math.nan, "ours_sd": math.nan, "n": len(ok),
             "n_diverged": int((runs["status"] == "diverged").sum()), "statistic": stat, "scale": scale,
             "epochs": epochs, "tolerance": math.nan,
-            "verdict": partial([*claim["lower"], *claim.get("higher", [])], verdict),
+            "verdict": partial(methods, verdict),
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
-def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]:
+def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame,
+                  curves: pd.DataFrame | None = None) -> tuple[str, str]:
     """'holds' if every `lower` method ends below every `higher` one in mean (and, with `test`, the t-test
     over seeds of lower[0] vs higher[0] gives p < alpha: ``welch`` / ``student`` two-sample, or ``paired`` over the
-    seeds both methods ran, for experiments whose seed fixes the task so that runs of one seed are matched)."""
+    seeds both methods ran, for experiments whose seed fixes the task so that runs of one seed are matched).
+    ``at: first`` reads each run's first logged value instead of its last; ``above`` holds if every `higher`
+    method's mean is above the number; ``reach`` compares how soon each run's metric first reaches the value
+    (from ``curves``, the finished runs' rows): sooner is lower, never is infinitely late."""
+    if "reach" in claim:
+        return reach_verdict(claim, ok, curves)
+    at = claim.get("at", "final")
+
     def final_means(metric: str) -> pd.Series:  # a metric only some methods log (an angle) may have no column yet
-        column = f"final_{metric}"
+        column = f"{at}_{metric}"
         return ok.groupby("method")[column].mean() if column in ok.columns else pd.Series(dtype=float)
 
-    col = f"final_{claim['metric']}"
+    col = f"{at}_{claim['metric']}"
     means = final_means(claim["metric"])
-    lower, higher = claim["lower"], claim.get("higher", [])
+    lower, higher = claim.get("lower", []), claim.get("higher", [])
     missing = [m for m in [*lower, *higher] if m not in means or pd.isna(means[m])]
     if missing:
         return f"no finished run of {', '.join(missing)}", ""
@@ -177,7 +214,9 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]
         holds = all(means[a] < other[a] for a in lower)
         return ("holds" if holds else "does NOT hold"), "; ".join(
             f"{m}: {claim['metric']} {means[m]:.4g} vs {claim['below_metric']} {other[m]:.4g}" for m in lower)
-    if "below" in claim:
+    if "above" in claim:
+        holds = all(means[b] > claim["above"] for b in higher)
+    elif "below" in claim:
         holds = all(means[a] < claim["below"] for a in lower)
     else:
         margin = claim.get("margin", 0.0)  # 'comparable to': below the other's mean + margin
@@ -202,6 +241,36 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame) -> tuple[str, str]
         alpha = claim.get("alpha", 0.05)
         stat += f"; {claim['test']} t = {t:.2f}, p = {p:.2g} (n = {len(a)}, {len(b)})"
         holds = holds and p < alpha
+    return ("holds" if holds else "does NOT hold"), stat
+
+
+def reach_verdict(claim: Mapping[str, Any], ok: pd.DataFrame, curves: pd.DataFrame | None) -> tuple[str, str]:
+    """A ``reach`` claim: every `lower` method reaches ``metric <= reach`` sooner (mean over its finished runs)
+    than every `higher` one; a method with a run that never reaches it is infinitely late."""
+    lower, higher = claim["lower"], claim["higher"]
+    if curves is None or not len(ok):
+        return f"no finished run of {', '.join([*lower, *higher])}", ""
+    done = ok[["method", "seed"]].merge(curves, on=["method", "seed"])  # the finished runs' rows only
+    times = reach_times(done, claim["metric"], claim["reach"])
+    missing = [m for m in [*lower, *higher] if m not in set(times["method"])]
+    if missing:
+        return f"no finished run of {', '.join(missing)}", ""
+    unit = times["unit"].iloc[0]
+    means = times.groupby("method")["reach"].mean()
+    margin = claim.get("margin", 0.0)
+    holds = all(means[a] < means[b] + margin for a in lower for b in higher)  # never vs never: not sooner
+
+    def say(m: str) -> str:
+        t = times.loc[times["method"] == m, "reach"]
+        never = int((t == math.inf).sum())
+        if never == len(t):
+            return f"{m} never ({len(t)} of {len(t)} runs)"
+        if never:
+            return f"{m} {t[t < math.inf].mean():.4g} {unit} in {len(t) - never} of {len(t)} runs, never in {never}"
+        return f"{m} {t.mean():.4g} {unit}"
+    stat = f"{claim['metric']} <= {claim['reach']:g} after: " + "; ".join(say(m) for m in [*lower, *higher])
+    if margin:
+        stat += f" (margin {margin:g})"
     return ("holds" if holds else "does NOT hold"), stat
 
 

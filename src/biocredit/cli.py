@@ -218,7 +218,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     tables.mkdir(parents=True, exist_ok=True)
     runs.to_csv(tables / f"{args.experiment}_runs.csv", index=False)
     aggregate.curve_stats(curves).to_csv(tables / f"{args.experiment}_curves.csv", index=False)
-    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"], expected_seeds=n_seeds).to_csv(
+    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"], expected_seeds=n_seeds, curves=curves).to_csv(
         tables / f"{args.experiment}_comparison.csv", index=False)
     record = aggregate.provenance_record(runs)
     if missing:

@@ -69,7 +69,12 @@ def validate(cfg: Mapping, source: str = "config.yaml", *, rules: bool = True) -
     if errors:
         # The deepest error is the most specific one ("lr: -1 is less than the minimum"), not "not valid under any".
         err = max(errors, key=lambda e: len(e.absolute_path))
-        raise ConfigError(f"{source}: {_key_path(err.absolute_path)}: {err.message.splitlines()[0]}")
+        message = err.message.splitlines()[0]
+        if err.validator == "oneOf" and len(err.absolute_path) >= 2 and err.absolute_path[-2] == "claims":
+            given = sorted(set(err.instance) & {"lower", "higher", "below", "above", "below_metric"})
+            message = (f"has {', '.join(given) or 'no comparison'}; a claim needs exactly one comparison: lower + "
+                       "higher, lower + below, lower + below_metric, or higher + above")
+        raise ConfigError(f"{source}: {_key_path(err.absolute_path)}: {message}")
     check_semantics(cfg, source, rules=rules)
 
 
@@ -185,9 +190,18 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
         if exp.get("target") == "input" and exp["dataset"].startswith("synthetic_"):
             raise ConfigError(f"{where}.target: 'input' (an auto-encoder) needs an image dataset")
         for i, claim in enumerate(exp.get("claims", [])):
-            for m in [*claim["lower"], *claim.get("higher", [])]:
+            for m in [*claim.get("lower", []), *claim.get("higher", [])]:
                 if m not in exp["methods"]:
                     raise ConfigError(f"{where}.claims.{i}: {m!r} is not a method of this experiment ({', '.join(exp['methods'])})")
+            if "reach" in claim and ("higher" not in claim or "lower" not in claim or claim.get("at") == "first"):
+                raise ConfigError(f"{where}.claims.{i}.reach: compares how soon `lower` and `higher` methods reach the "
+                                  "value; give both lists and no at: first")
+        for mname in exp["methods"]:
+            tc = deep_merge(TRAIN_DEFAULTS, deep_merge(exp.get("train", {}), exp["methods"][mname].get("train", {})))
+            if (early := tc.get("early_rows")) and (early["every"] > early["until"]
+                                                    or early["every"] % tc["batch_size"]):
+                raise ConfigError(f"{where}.train.early_rows: every = {early['every']} must be at most until = "
+                                  f"{early['until']} and a multiple of the batch size ({tc['batch_size']})")
         for i, fig in enumerate(exp.get("figures", [])):
             for m in fig.get("methods", []):
                 if m not in exp["methods"]:
@@ -222,11 +236,27 @@ def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | No
 
 
 def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
-    node = cfg
+    """cfg[a][b]... = value for the key 'a.b...'; a number indexes a list (claims.3.text). Missing mappings are
+    made; a path through a list index out of range or through a plain value is a one-line ConfigError."""
+    node: Any = cfg
     parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+    for depth, p in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not (p.isdigit() and int(p) < len(node)):
+                raise ConfigError(f"--set {dotted}: {where} is not an item of a list of {len(node)} (use 0..{len(node) - 1})")
+            if last:
+                node[int(p)] = value
+            else:
+                node = node[int(p)]
+        elif isinstance(node, dict):
+            if last:
+                node[p] = value
+            else:
+                node = node.setdefault(p, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value ({node!r}), not a mapping")
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:

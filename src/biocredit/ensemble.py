@@ -52,6 +52,7 @@ from biocredit.train import (
     _atomic_write,
     _log,
     _write_csv,
+    angle_due,
     apply_update,
     continues,
     diverged_row,
@@ -67,6 +68,7 @@ from biocredit.train import (
     open_tracker,
     peak_memory_mb,
     resolve_device,
+    row_due,
     run_provenance,
     train,
     train_eval_indices,
@@ -310,7 +312,6 @@ def train_ensemble(
         flush()
 
     n, bs, epochs = x_train.shape[-2], tc["batch_size"], rc0["epochs"]
-    eval_every = tc.get("eval_every_examples")
 
     if shared:
         # Each seed is evaluated alone, by train()'s own evaluate() on a net of one seed's weights: the same
@@ -394,7 +395,7 @@ def train_ensemble(
                 x, t = take(s0)
                 net.zero_grad(set_to_none=True)
                 step = rule.compute_grads(net, x, t)
-                if rule.compare_to_backprop and k % tc["angle_every"] == 0:
+                if rule.compare_to_backprop and angle_due(tc, k, seen):
                     angles = {key: v.tolist() for key, v in update_angle_tensors(
                         net, x, t, step, rc0["loss"], tc["reduction"], pbp=tc.get("pbp_angle", False)).items()}
                     for s in alive():
@@ -410,7 +411,7 @@ def train_ensemble(
                             stop(s, epoch, time.time() - t0)
                     if not alive():
                         break
-                if eval_every and seen % eval_every == 0 and seen != epoch * n:
+                if row_due(tc, seen, epoch * n):
                     eval_rows(seen, [window_angles(a) for a in angle_sums])
             train_seconds = time.time() - t0
             finite = torch.isfinite(loss_acc).tolist()

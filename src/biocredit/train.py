@@ -383,6 +383,22 @@ def diverged_row(epoch: int, n: int, train_seconds: float) -> dict[str, Any]:
             "test_loss": math.nan, "test_error": math.nan, "epoch_seconds": train_seconds}
 
 
+def angle_due(tc: Mapping[str, Any], k: int, seen: int) -> bool:
+    """Whether step k of an epoch, taken after `seen` examples in all, measures the update angles: every
+    ``angle_every``-th step, and every step within the run's first ``early_rows.until`` examples."""
+    return k % tc["angle_every"] == 0 or seen < int((tc.get("early_rows") or {}).get("until", 0))
+
+
+def row_due(tc: Mapping[str, Any], seen: int, epoch_end: int) -> bool:
+    """Whether a metrics row is written inside an epoch after `seen` examples in all (the epoch's own row comes
+    at `epoch_end`): every ``eval_every_examples``, and every ``early_rows.every`` examples up to
+    ``early_rows.until`` (a finer start, where the angle falls from ~90°: Lillicrap et al. Fig. 1)."""
+    if seen == epoch_end:
+        return False
+    every, early = tc.get("eval_every_examples"), tc.get("early_rows")
+    return bool(every and seen % every == 0) or bool(early and seen <= early["until"] and seen % early["every"] == 0)
+
+
 def window_angles(angle_sums: dict[str, list[float]]) -> dict[str, float]:
     """Mean (and sd, as Lillicrap's error bars) of the angles measured since the last row; empties the window."""
     out = {}
@@ -527,7 +543,6 @@ def train(
         _atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     n, bs, epochs = len(task.x_train), tc["batch_size"], run_cfg["epochs"]
-    eval_every = tc.get("eval_every_examples")  # also evaluate inside epochs (synthetic tasks: "every N examples")
     eval_every_epochs = int(run_cfg.get("eval_every_epochs") or 1)  # rows after every k-th epoch and the last
 
     # The logged train loss/error: on every training example, or (scale setting train_eval_subset) on a fixed
@@ -580,7 +595,7 @@ def train(
                 if input_noise:  # a denoising objective: corrupt the input, keep the target (Lee et al. 2015 §3.5)
                     x = x + input_noise * torch.randn(x.shape, generator=generator).to(dev, x.dtype)
                 net.zero_grad(set_to_none=True)
-                measure = rule.compare_to_backprop and k % tc["angle_every"] == 0
+                measure = rule.compare_to_backprop and angle_due(tc, k, seen)
                 # BP's reference replays the draws of the rule's forward pass (every rule draws it first): the
                 # same input noise and unit samples, and the training stream never depends on angle_every
                 replay = torch.Generator().set_state(generator.get_state()) if measure and net.transmits else None
@@ -594,7 +609,7 @@ def train(
                 seen += len(idx)
                 if (k + 1) % DIVERGENCE_CHECK_EVERY == 0 and not math.isfinite(float(loss_acc)):
                     break
-                if eval_every and seen % eval_every == 0 and seen != epoch * n:
+                if row_due(tc, seen, epoch * n):
                     record(eval_row(seen, window_angles(angle_sums)))
             train_seconds = time.time() - t0
             if not math.isfinite(float(loss_acc)):
