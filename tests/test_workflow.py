@@ -224,6 +224,10 @@ def test_report_embeds_every_figure_with_its_caption(workflow: Workflow):
         for fragment in fragments:
             assert fragment in html, f"caption text {fragment!r} of {stem} not in the report"
     assert "paper_comparison.csv" in html
+    # each experiment's own table of what we got beside the paper, in the experiment's category with its figures
+    assert "What we got beside what the paper reports, for" in html
+    for experiment in workflow.config["experiments"]:
+        assert f"{experiment}_comparison.csv" in html
 
 
 def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):

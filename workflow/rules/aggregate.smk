@@ -4,7 +4,11 @@ rule aggregate:
     output:
         runs=f"{RESULTS}/tables/{{experiment}}_runs.csv",
         curves=f"{RESULTS}/tables/{{experiment}}_curves.csv",
-        comparison=f"{RESULTS}/tables/{{experiment}}_comparison.csv",
+        comparison=report(
+            f"{RESULTS}/tables/{{experiment}}_comparison.csv",
+            caption="../report/experiment_comparison.rst",
+            category="{experiment}",
+        ),
         provenance=f"{RESULTS}/tables/{{experiment}}_provenance.json",
     params:
         reported=lambda w: [experiment_cfg(w.experiment).get(k, []) for k in ("reported", "claims")],
