@@ -312,7 +312,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{data}: missing; make it from the runs' checkpoints first: python -m biocredit "
                                   f"figure-data --experiment {args.experiment} --figure {f['name']} (with this "
                                   "command's --config/--scale/--set)")
-            paths = plot_weight_figure(data, stem, note)
+            paths = plot_weight_figure(data, stem, note, title=f.get("title"))
         else:
             paths = plot_curves(stats, exp, f, stem, note)
         for p in paths:

@@ -116,7 +116,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
         ax.set_ylabel(label)
         if (k == 0 or shown) and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title="dotted: paper's value" if shown else None, title_fontsize=7)
-    fig.suptitle(textwrap.fill(exp["title"], 60 * len(metrics)), fontsize=9)
+    fig.suptitle(textwrap.fill(fig_cfg.get("title") or exp["title"], 60 * len(metrics)), fontsize=9)
     return save_figure(fig, out_stem, provenance)
 
 
@@ -273,9 +273,12 @@ def _tile(ax, images, side: int, img: int, *, cmap: str = "gray", vmin: float = 
     ax.axis("off")
 
 
-def plot_weight_figure(path: Path, out_stem: Path, provenance: str = "") -> list[Path]:
-    """Draw a figure from its saved data (:func:`figure_data`); dispatches on the kind recorded in the file."""
+def plot_weight_figure(path: Path, out_stem: Path, provenance: str = "", title: str | None = None) -> list[Path]:
+    """Draw a figure from its saved data (:func:`figure_data`); dispatches on the kind recorded in the file.
+    ``title``: the figure's own (config ``figures[].title``), else the experiment's title saved with the data."""
     arrays, meta = load_figure_data(path)
+    if title:
+        meta = {**meta, "title": title}
     kind = meta["kind"]
     if kind == "reconstructions":
         return _plot_reconstructions(arrays, meta, out_stem, provenance)
