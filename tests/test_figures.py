@@ -105,3 +105,27 @@ def test_a_panel_with_no_finished_run_says_so_instead_of_drawing_nothing(tmp_pat
     figures.plot_curves(stats, exp, {"name": "err", "metric": "test_error"}, tmp_path / "err")
     assert texts["angle"] == ["no finished run: FA"]
     assert texts["err"] == []  # BP is drawn; FA's absence is not written over a panel that has data
+
+
+def test_a_figure_with_its_own_title_is_drawn_under_it_and_the_others_under_the_experiments(tmp_path: Path,
+                                                                                            monkeypatch):
+    """Lillicrap's MNIST experiment draws Fig. 2a and Fig. 2b: each is titled as the paper's figure it is."""
+    import pandas as pd
+
+    import biocredit.figures as figures
+
+    stats = pd.DataFrame({"method": ["fa"] * 2, "epoch": [0, 1], "angle_dh_1_mean": [80.0, 40.0],
+                          "angle_dh_1_sd": [0.0, 0.0], "test_error_mean": [90.0, 5.0], "test_error_sd": [0.0, 0.0],
+                          "n": [1, 1]})
+    exp = {"title": "MNIST (Fig. 2a)", "dataset": "mnist", "methods": {"fa": {"label": "FA", "rule": "feedback_alignment"}}}
+    titles = {}
+
+    def capture(fig, out_stem, provenance=""):
+        titles[out_stem.name] = fig._suptitle.get_text()
+        return save_figure(fig, out_stem, provenance)
+
+    monkeypatch.setattr(figures, "save_figure", capture)
+    figures.plot_curves(stats, exp, {"name": "err", "metric": "test_error"}, tmp_path / "err")
+    figures.plot_curves(stats, exp, {"name": "angle", "metric": "angle_dh_1", "title": "MNIST (Fig. 2b)"},
+                        tmp_path / "angle")
+    assert titles == {"err": "MNIST (Fig. 2a)", "angle": "MNIST (Fig. 2b)"}
