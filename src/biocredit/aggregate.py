@@ -197,18 +197,18 @@ def claim_verdict(claim: Mapping[str, Any], ok: pd.DataFrame,
         return reach_verdict(claim, ok, curves)
     at = claim.get("at", "final")
 
-    def final_means(metric: str) -> pd.Series:  # a metric only some methods log (an angle) may have no column yet
+    def means_at(metric: str) -> pd.Series:  # per method, read at `at`; a metric only some methods log (an angle) may have no column yet
         column = f"{at}_{metric}"
         return ok.groupby("method")[column].mean() if column in ok.columns else pd.Series(dtype=float)
 
     col = f"{at}_{claim['metric']}"
-    means = final_means(claim["metric"])
+    means = means_at(claim["metric"])
     lower, higher = claim.get("lower", []), claim.get("higher", [])
     missing = [m for m in [*lower, *higher] if m not in means or pd.isna(means[m])]
     if missing:
         return f"no finished run of {', '.join(missing)}", ""
     if "below_metric" in claim:
-        other = final_means(claim["below_metric"])
+        other = means_at(claim["below_metric"])
         if any(m not in other or pd.isna(other[m]) for m in lower):
             return f"no finished run with {claim['below_metric']} of {', '.join(lower)}", ""
         holds = all(means[a] < other[a] for a in lower)
