@@ -129,3 +129,68 @@ def test_a_figure_with_its_own_title_is_drawn_under_it_and_the_others_under_the_
     figures.plot_curves(stats, exp, {"name": "angle", "metric": "angle_dh_1", "title": "MNIST (Fig. 2b)"},
                         tmp_path / "angle")
     assert titles == {"err": "MNIST (Fig. 2a)", "angle": "MNIST (Fig. 2b)"}
+
+
+def _tick_labels(ymin: float, ymax: float) -> list[str]:
+    from biocredit.figures import PlainLogFormatter
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [ymin, ymax])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+    fig.canvas.draw()
+    labels = [t.get_text() for t in [*ax.yaxis.get_majorticklabels(), *ax.yaxis.get_minorticklabels()]
+              if t.get_text() and ymin <= t.get_position()[1] <= ymax]
+    plt.close(fig)
+    return labels
+
+
+def test_a_short_log_axis_is_labelled_with_plain_numbers_and_a_long_one_with_powers_of_ten():
+    """Fig. 2a's test error (1.5-20 %) reads 2, 3, 10, 20, not "2 × 10⁰"; an NSE falling to 1e-14 keeps 10⁻ⁿ on
+    every label, so no axis mixes the two styles."""
+    short = _tick_labels(1.5, 20)
+    assert "10" in short and "2" in short and "20" in short
+    assert not any("times" in s or "^" in s for s in short)
+    long = _tick_labels(1e-14, 1)
+    assert long and all(s.startswith("$") and "10^" in s for s in long)
+
+
+def test_the_provenance_line_names_a_few_commits_and_the_file_that_lists_them_all():
+    """A run resumed over many sessions carries many commits: the figure's line names three and says how many
+    more, and where the rest are, so it fits under the figure; seeds are ranges, partial tables say so."""
+    from biocredit.cli import figure_note, seed_ranges
+
+    assert seed_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert seed_ranges(list(range(20))) == "0-19"
+    prov = {"seeds": [0, 1, 2], "git_commits": [f"{k:x}" * 40 for k in range(16)], "devices": ["cpu"],
+            "config_hashes": ["a" * 16, "b" * 16, "c" * 16], "runs": 7, "partial": True,
+            "missing_runs": [f"r{k}" for k in range(73)]}
+    note = figure_note("paper", prov, "lillicrap_mnist")
+    assert note.startswith("scale paper; PARTIAL: 7 of 80 runs; seeds 0-2; ")
+    assert f"commit {'0' * 12},{'1' * 12},{'2' * 12} +13 more;" in note
+    assert f"config {'a' * 16},{'b' * 16} +1 more (all in tables/lillicrap_mnist_provenance.json)" in note
+    assert '3' * 12 not in note and 'c' * 16 not in note
+    prov.update(git_commits=["f" * 40], config_hashes=["a" * 16], partial=False)
+    assert figure_note("quick", prov, "x") == f"scale quick; seeds 0-2; commit {'f' * 12}; device cpu; config {'a' * 16}"
+
+
+def test_a_weight_figure_names_the_seed_it_was_drawn_from_not_the_whole_table(tmp_path: Path):
+    """The receptive fields are seed 0's weights: the line under them names seed 0's runs and their commits,
+    not every seed of the table."""
+    import pandas as pd
+
+    from biocredit.cli import weight_figure_note
+    from biocredit.figures import save_figure_data
+
+    data = tmp_path / "fig.npz"
+    save_figure_data(data, {}, {"kind": "receptive_fields", "seed": 0, "runs": {"bp": "r/bp/seed0", "fa": "r/fa/seed0"}})
+    rows = [{"method": m, "seed": s, "git_commit": f"{m}{s}".ljust(40, "0"),
+             "git_commits": f"{m}{s}".ljust(40, "0") + (";" + "e" * 40 if m == "fa" else ""),
+             "device": "cpu", "config_hash": f"h{m}{s}"} for m in ("bp", "fa", "shallow") for s in (0, 1)]
+    pd.DataFrame(rows).to_csv(tmp_path / "exp_runs.csv", index=False)
+    note = weight_figure_note("paper", data, tmp_path, "exp")
+    assert note == (f"scale paper; bp, fa: seed 0; commit {'bp0'.ljust(12, '0')},{'fa0'.ljust(12, '0')},{'e' * 12}; "
+                    "device cpu; config hbp0,hfa0")
+    (tmp_path / "exp_runs.csv").unlink()
+    assert weight_figure_note("paper", data, tmp_path, "exp") == ""

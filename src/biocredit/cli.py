@@ -61,6 +61,64 @@ def _short(commit: str) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def seed_ranges(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    parts, run = [], []
+    for s in sorted(seeds):
+        if run and s != run[-1] + 1:
+            parts.append(run)
+            run = []
+        run.append(s)
+    if run:
+        parts.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in parts)
+
+
+def _first_few(items: list[str], k: int) -> str:
+    return ",".join(items) if len(items) <= k else ",".join(items[:k]) + f" +{len(items) - k} more"
+
+
+def figure_note(scale: str, prov: dict, experiment: str) -> str:
+    """The provenance line printed under a figure: short enough to fit its width.
+
+    Runs resumed over many sessions carry many commits and config hashes; the line names the first few and
+    how many more, and points to the provenance file that lists them all.
+    """
+    runs = prov.get("runs")
+    partial = (f"PARTIAL: {runs} of {runs + len(prov['missing_runs'])} runs; " if prov.get("partial")
+               and isinstance(runs, int) else "")
+    return (f"scale {scale}; {partial}seeds {seed_ranges(prov['seeds'])}; "
+            f"commit {_first_few([_short(c) for c in prov['git_commits']], 3)}; "
+            f"device {','.join(prov['devices'])}; config {_first_few(prov['config_hashes'], 2)}"
+            + (f" (all in tables/{experiment}_provenance.json)" if len(prov["git_commits"]) > 3
+               or len(prov["config_hashes"]) > 2 else ""))
+
+
+def weight_figure_note(scale: str, data: Path, tables: Path, experiment: str) -> str:
+    """The provenance line of a figure drawn from one seed's weights: that seed's runs, not the whole table's.
+
+    Empty where the runs table does not list the runs the figure data were read from.
+    """
+    import pandas as pd
+
+    from biocredit.figures import load_figure_data
+
+    meta = load_figure_data(data)[1]
+    runs_csv = tables / f"{experiment}_runs.csv"
+    if "seed" not in meta or not meta.get("runs") or not runs_csv.is_file():
+        return ""
+    df = pd.read_csv(runs_csv)
+    df = df[df["method"].isin(list(meta["runs"])) & (df["seed"] == meta["seed"])]
+    if df.empty:
+        return ""
+    commits = list(dict.fromkeys(c for cs in df.get("git_commits", df["git_commit"]).fillna("").astype(str)
+                                 for c in cs.split(";") if c))
+    prov = {"seeds": [int(meta["seed"])], "git_commits": commits or list(df["git_commit"].dropna().astype(str)),
+            "devices": list(dict.fromkeys(df["device"].astype(str))),
+            "config_hashes": list(dict.fromkeys(df["config_hash"].astype(str)))}
+    return figure_note(scale, prov, experiment).replace("; seeds ", f"; {', '.join(meta['runs'])}: seed ", 1)
+
+
 def _scale_dir(cfg: dict) -> Path:
     return Path(cfg["results_dir"]) / cfg["scale"]
 
@@ -300,8 +358,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
     stats = pd.read_csv(tables / f"{args.experiment}_curves.csv")
     prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
-    note = (f"scale {cfg['scale']}; seeds {prov['seeds']}; commit {','.join(_short(c) for c in prov['git_commits'])}; "
-            f"device {','.join(prov['devices'])}; config {','.join(prov['config_hashes'])[:60]}")
+    note = figure_note(cfg["scale"], prov, args.experiment)
     for f in exp.get("figures", []):
         if args.figure and f["name"] != args.figure:
             continue
@@ -312,7 +369,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{data}: missing; make it from the runs' checkpoints first: python -m biocredit "
                                   f"figure-data --experiment {args.experiment} --figure {f['name']} (with this "
                                   "command's --config/--scale/--set)")
-            paths = plot_weight_figure(data, stem, note, title=f.get("title"))
+            paths = plot_weight_figure(data, stem, weight_figure_note(cfg["scale"], data, tables, args.experiment)
+                                       or note, title=f.get("title"))
         else:
             paths = plot_curves(stats, exp, f, stem, note)
         for p in paths:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -33,15 +34,32 @@ METRIC_LABELS = {
 X_LABELS = {"epoch": "Epoch", "examples_seen": "Examples seen"}
 
 
+class PlainLogFormatter(LogFormatterSciNotation):
+    """A log axis's tick labels as plain numbers ("2", "0.5", "20") where the whole axis lies in [1e-4, 1e5].
+
+    Matplotlib writes "2 × 10⁰" for the minor ticks of an axis that spans less than two decades (Fig. 2a's test
+    error, 1.5-20 %); a paper writes 2. An axis reaching further (an NSE falling to 1e-14) keeps powers of ten
+    throughout, so one axis never mixes the two styles. Which ticks get a label stays matplotlib's choice.
+    """
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        label = super().__call__(x, pos)
+        lo, hi = sorted(self.axis.get_view_interval()) if self.axis is not None else (x, x)
+        if not label or not (1e-4 <= lo and hi <= 1e5):
+            return label
+        return f"{x:.6g}"
+
+
 def method_color(method: Mapping[str, Any]) -> str | None:
     return method.get("color") or DEFAULT_COLORS.get(method["rule"])
 
 
 def save_figure(fig: plt.Figure, out_stem: Path, provenance: str = "") -> list[Path]:
     """Write ``out_stem``.png and .pdf (dpi 150), with the provenance line at the bottom; close the figure."""
-    if provenance:
-        fig.text(0.01, 0.005, provenance, fontsize=5, color="0.4")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    lines = textwrap.wrap(provenance, int(fig.get_figwidth() * 25)) if provenance else []  # ~25 chars an inch
+    if lines:
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=5, color="0.4", va="bottom")
+    fig.tight_layout(rect=(0, 0.005 + 0.015 * max(len(lines), 1), 1, 1))
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
     for p in paths:  # no creation date in the PDF: the same figure gives the same bytes (clean git diffs)
@@ -103,6 +121,8 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
                        ls=(1.5 * k_same, (1.0, 1.5 * len(same) - 1.0)) if len(same) > 1 else ":")
         if log_y:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(PlainLogFormatter())
+            ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
         if off_axis:
             ax.text(0.02, 0.02, textwrap.fill("0 at every point after the start, so not on this log axis: "
                                               + "; ".join(off_axis), 70),
