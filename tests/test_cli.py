@@ -225,3 +225,47 @@ def test_a_weight_figure_without_its_data_exits_2_saying_how_to_make_it(capsys, 
     line = one_line(capsys.readouterr().err)
     assert "lillicrap_mnist_figS_receptive_fields.npz" in line and "figure-data" in line
     assert not (tmp_path / "smoke" / "figures").exists() or not any((tmp_path / "smoke" / "figures").iterdir())
+
+
+def test_claims_are_judged_again_from_the_committed_runs_table_without_any_run_folder(capsys, tmp_path):
+    """``aggregate --from-table``: a clone without run folders (quick scale commits only tables) judges edited
+    claims and tolerances again from ``<experiment>_runs.csv``; the committed comparison comes back byte for byte.
+    It refuses, in one line and writing nothing, where the runs were made with other settings than the config
+    resolves now, and for a 'reach' claim (which needs each run's whole curve)."""
+    import shutil
+
+    import pandas as pd
+
+    repo_tables = REPO_CONFIG.parent / "results" / "quick" / "tables"
+    tables = tmp_path / "quick" / "tables"
+    tables.mkdir(parents=True)
+    for exp in ("lillicrap_mnist", "lillicrap_linear"):
+        for kind in ("runs.csv", "provenance.json", "comparison.csv"):
+            shutil.copy(repo_tables / f"{exp}_{kind}", tables)
+    args = ["aggregate", "--from-table", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}",
+            "--scale", "quick", "--experiment", "lillicrap_mnist"]
+    committed = (tables / "lillicrap_mnist_comparison.csv").read_bytes()
+    (tables / "lillicrap_mnist_comparison.csv").unlink()
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert "judged 8 runs again" in capsys.readouterr().out
+    assert (tables / "lillicrap_mnist_comparison.csv").read_bytes() == committed
+    assert not (tmp_path / "quick" / "runs").exists()
+
+    # an edited claim is judged again: turned round, "BP ends below FA" does not hold (9.1 against 3.16 %)
+    assert cli.main([*args, "--set", "experiments.lillicrap_mnist.claims.2.lower=[bp]",
+                     "--set", "experiments.lillicrap_mnist.claims.2.higher=[fa]"]) == 0
+    table = pd.read_csv(tables / "lillicrap_mnist_comparison.csv")
+    row = table[table["claim"].str.startswith("FA ends below BP")].iloc[0]
+    assert row["verdict"] == "does NOT hold" and row["statistic"].startswith("bp 9.1"), row["statistic"]
+
+    # a training setting changed since: the table's runs are not this config's runs
+    (tables / "lillicrap_mnist_comparison.csv").write_bytes(committed)
+    assert cli.main([*args, "--set", "experiments.lillicrap_mnist.train.lr=0.01"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "lillicrap_mnist_runs.csv" in line and "other settings" in line and "retrain" in line
+    assert (tables / "lillicrap_mnist_comparison.csv").read_bytes() == committed
+
+    linear = [a if a != "lillicrap_mnist" else "lillicrap_linear" for a in args]
+    assert cli.main(linear) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "'reach' claim" in line and "lillicrap_linear.claims" in line and "without --from-table" in line

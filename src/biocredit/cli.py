@@ -243,6 +243,8 @@ def _seed_list(text: str) -> list[int]:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from biocredit import aggregate
 
+    if args.from_table:
+        return _rejudge_from_table(args)
     cfg = _load(args, rules=False)  # reads finished runs only: no rule registry, no torch
     exp = cfg["experiments"][args.experiment]
     cells = {aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s): (m, s)
@@ -288,6 +290,48 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     (tables / f"{args.experiment}_provenance.json").write_text(json.dumps(record, indent=2))
     print(f"{args.experiment}: aggregated {len(runs)} runs into {tables}"
           + (f" (PARTIAL: {len(missing)} of {len(dirs)} runs not finished)" if missing else ""))
+    return 0
+
+
+def _rejudge_from_table(args: argparse.Namespace) -> int:
+    """``aggregate --from-table``: rewrite ``<experiment>_comparison.csv`` from the committed ``_runs.csv``.
+
+    For a clone without run folders (they are not committed at quick scale) whose claims, reported values or
+    tolerances changed in config.yaml: the verdicts are judged again without training anything. Refused where
+    the table's runs were made with other settings than the config resolves now (their config hashes), and for
+    ``reach`` claims, which need each run's whole curve.
+    """
+    import pandas as pd
+
+    from biocredit import aggregate
+    from biocredit.config import config_hash, resolve_run
+
+    cfg = _load(args)  # with the rule registry: a run's config hash includes its rule's defaults
+    exp = cfg["experiments"][args.experiment]
+    tables = _scale_dir(cfg) / "tables"
+    runs_csv = tables / f"{args.experiment}_runs.csv"
+    if not runs_csv.is_file():
+        raise ConfigError(f"{runs_csv}: missing; aggregate from the run folders first (without --from-table)")
+    reach = [c for c in exp.get("claims", []) if "reach" in c]
+    if reach:
+        raise ConfigError(f"experiments.{args.experiment}.claims: {reach[0]['text']!r} is a 'reach' claim, which needs "
+                          f"each run's whole curve; {runs_csv.name} keeps only the final numbers: aggregate from "
+                          "the run folders (without --from-table)")
+    runs = pd.read_csv(runs_csv)
+    stale = [(r.method, r.seed) for r in runs.itertuples()
+             if r.method not in exp["methods"]
+             or config_hash(resolve_run(cfg, args.experiment, r.method, int(r.seed))) != r.config_hash]
+    if stale:
+        m, s = stale[0]
+        raise ConfigError(f"{runs_csv}: the run {m} seed {s} (and {len(stale) - 1} more) was made with other settings "
+                          "than config.yaml resolves now; --from-table only judges finished runs again: retrain, "
+                          "or aggregate from the run folders")
+    prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
+    aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"],
+                              expected_seeds=len(seeds(cfg, args.experiment))).to_csv(
+        tables / f"{args.experiment}_comparison.csv", index=False)
+    print(f"{args.experiment}: judged {len(runs)} runs again from {runs_csv}"
+          + (" (PARTIAL, as when aggregated)" if prov.get("partial") else ""))
     return 0
 
 
@@ -526,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--partial", action="store_true",
                            help="aggregate the runs that have finished so far (a long paper-scale experiment in "
                                 "progress); every verdict then says how many of the scale's seeds it rests on")
+            p.add_argument("--from-table", action="store_true",
+                           help="read no run folder: judge the claims and reported values again from the committed "
+                                "<experiment>_runs.csv (after editing claims or tolerances in config.yaml)")
         p.set_defaults(func=func)
     p = sub.add_parser("select-length", help="choose an experiment's training length by its stopping rule "
                                             "(config length_selection): train the selection run, write the record")
