@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import MIRROR, REPO, REPO_CONFIG, method_with_rule, mnist_experiment
 
+from biocredit.aggregate import caption_lines
 from biocredit.config import WEIGHT_FIGURE_KINDS, ensemble_seeds
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 from biocredit.tracking import find_offline_runs, read_offline_run
@@ -228,6 +229,18 @@ def test_report_embeds_every_figure_with_its_caption(workflow: Workflow):
     assert "What we got beside what the paper reports, for" in html
     for experiment in workflow.config["experiments"]:
         assert f"{experiment}_comparison.csv" in html
+    # each figure's caption lists its experiment's rows: the paper's number, ours, the verdict, claim by claim
+    assert "What we got beside what the paper reports, at this scale" in html
+    for experiment, exp in workflow.config["experiments"].items():
+        if not exp.get("figures"):
+            continue
+        rows = pd.read_csv(workflow.results / "tables" / f"{experiment}_comparison.csv")
+        for line in caption_lines(rows):
+            fragments = caption_fragments(line)
+            for fragment in fragments:
+                assert fragment in html, f"{experiment}: {fragment!r} of its comparison is in no caption"
+            if fragments and line.startswith(fragments[0]):  # one item of a list, not run-on text
+                assert f"<li>{fragments[0]}" in html, f"{experiment}: {line!r} is not a list item of a caption"
 
 
 def test_a_finished_workflow_has_nothing_to_do(workflow: Workflow):

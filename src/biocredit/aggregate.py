@@ -280,17 +280,37 @@ def to_markdown(table: pd.DataFrame, provenance: str = "") -> str:
             "source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        is_claim = isinstance(r["claim"], str) and r["claim"]
-        what = r["claim"] if is_claim else f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"]
-        ours = r["statistic"] if is_claim else f"{_fmt(r['ours_mean'])} ± {_fmt(r['ours_sd'])} (n = {r['n']})"
-        if r["n_diverged"]:
-            ours += f", {r['n_diverged']} diverged"
-        paper = "—" if is_claim else _fmt(r["paper"])
-        tol = "—" if is_claim else f"± {_fmt(r['tolerance'])}"
+        is_claim, what, paper, ours, tol = _row_text(r)
         cells = [r["experiment"] + (f" ({r['figure']})" if r["figure"] else ""), what, r["method"], paper, ours,
                  f"{r['scale']} ({r['epochs']} ep.)", tol, r["verdict"], r["source"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + ("\n\n" + provenance if provenance else "") + "\n"
+
+
+def _row_text(r: pd.Series) -> tuple[bool, str, str, str, str]:
+    """A comparison row as text: (is a claim, what it checks, the paper's value, ours, tolerance)."""
+    is_claim = bool(isinstance(r["claim"], str) and r["claim"])
+    what = r["claim"] if is_claim else f"{r['metric']} ({r['unit']})" if r["unit"] else r["metric"]
+    ours = r["statistic"] if is_claim else f"{_fmt(r['ours_mean'])} ± {_fmt(r['ours_sd'])} (n = {r['n']})"
+    if r["n_diverged"]:
+        ours += f", {r['n_diverged']} diverged"
+    paper = "—" if is_claim else _fmt(r["paper"])
+    tol = "—" if is_claim else f"± {_fmt(r['tolerance'])}"
+    return is_claim, what, paper, ours, tol
+
+
+def caption_lines(table: pd.DataFrame) -> list[str]:
+    """The comparison rows as one sentence each, for a figure's caption in the Snakemake report:
+    a reported number as "test_error (%), bp: paper 2.40, ours 1.61 ± 0.05 (n = 20), tolerance ± 0.40: <verdict>",
+    a claim as "<claim> (<methods>): <statistic>: <verdict>"."""
+    out = []
+    for _, r in table.iterrows():
+        is_claim, what, paper, ours, tol = _row_text(r)
+        if is_claim:
+            out.append(f"{what} ({r['method']}): {ours}: {r['verdict']}")
+        else:
+            out.append(f"{what}, {r['method']}: paper {paper}, ours {ours}, tolerance {tol}: {r['verdict']}")
+    return out
 
 
 def provenance_record(runs: pd.DataFrame) -> dict[str, Any]:

@@ -135,6 +135,32 @@ def figure_cfg(w):
     return next(f for f in experiment_cfg(w.experiment)["figures"] if f["name"] == w.fig)
 
 
+class ComparisonRows:
+    """What a figure's caption in the report lists: its experiment's comparison rows, read when the report is
+    rendered (`snakemake --report`), after `aggregate` wrote them. A parameter of this class is not one of
+    Snakemake's rerun triggers (it compares only built-in values), so a new verdict never redraws a figure."""
+
+    RST_SPECIAL = "\\`*_|[]<>:"
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def lines(self):
+        if not self.path.is_file():
+            return []
+        import pandas as pd
+
+        from biocredit.aggregate import caption_lines
+
+        # each line is one bullet of reStructuredText: escape what it would read as markup
+        return ["".join(f"\\{c}" if c in self.RST_SPECIAL else c for c in line)
+                for line in caption_lines(pd.read_csv(self.path))]
+
+
+def comparison_rows(w):
+    return ComparisonRows(f"{RESULTS}/tables/{w.experiment}_comparison.csv")
+
+
 def figure_inputs(w):
     """The experiment's tables and, for a figure drawn from weights, the data that rule figure_data keeps."""
     inputs = {

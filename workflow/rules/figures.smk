@@ -41,6 +41,7 @@ rule figures:
     params:
         figure=figure_cfg,
         methods=lambda w: experiment_cfg(w.experiment)["methods"],
+        got=comparison_rows,  # read by the report's caption only
     conda:
         "../../environment.yml"
     log:
