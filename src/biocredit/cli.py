@@ -326,7 +326,8 @@ def _rejudge_from_table(args: argparse.Namespace) -> int:
         raise ConfigError(f"{runs_csv}: the run {m} seed {s} (and {len(stale) - 1} more) was made with other settings "
                           "than config.yaml resolves now; --from-table only judges finished runs again: retrain, "
                           "or aggregate from the run folders")
-    prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
+    prov_path = tables / f"{args.experiment}_provenance.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
     aggregate.comparison_rows(args.experiment, exp, runs, cfg["scale"],
                               expected_seeds=len(seeds(cfg, args.experiment))).to_csv(
         tables / f"{args.experiment}_comparison.csv", index=False)
