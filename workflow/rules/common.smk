@@ -145,6 +145,9 @@ class ComparisonRows:
     def __init__(self, path):
         self.path = Path(path)
 
+    def __repr__(self):  # the report lists every job's parameters: no memory address there
+        return f"comparison rows of {self.path}"
+
     def lines(self):
         if not self.path.is_file():
             return []
