@@ -5,7 +5,9 @@ and prints the final error by which the value is chosen; the test set is never u
 key is the learning rate by default, or any key of the resolved run given as a dotted path with --key (e.g.
 params.feedback_init.scale, the scale of FA's B, or net.init.scale, the scale of the initial weights).
 
-By default: quick scale, final TRAINING error (NSE for synthetic tasks). For image datasets, --valid-size N
+By default: quick scale, final TRAINING error (NSE for synthetic tasks). With --by speed the choice reads how fast
+the error fell instead: the mean over the run's logged rows of log10 of the error floored at --floor (the area under
+the log-error curve; lower is faster), for a paper whose rates were "chosen to optimise learning speed". For image datasets, --valid-size N
 holds out the last N training images and the choice reads their error (valid_error) instead; --set overrides
 config keys first (e.g. the number of epochs of the sweep) and --runs keeps each run's folder (metrics.csv,
 and a checkpoint that lets an interrupted sweep resume) instead of a temporary one. Usage:
@@ -61,6 +63,17 @@ def finished(run: Path, rc: dict) -> dict | None:
     return s if s.get("status") == "completed" and s["provenance"]["config_hash"] == config_hash(rc) else None
 
 
+def speed(metrics_csv: Path, metric: str, floor: float) -> float:
+    """Mean over the run's rows after the start of log10(max(metric, floor)): the area under the log-error curve
+    per row. Lower is faster; an error below ``floor`` (rounding noise) counts as ``floor``."""
+    import csv
+
+    vals = [float(r[metric]) for r in csv.DictReader(metrics_csv.open()) if float(r["examples_seen"]) > 0]
+    if not vals or any(not math.isfinite(v) for v in vals):
+        return math.inf
+    return sum(math.log10(max(v, floor)) for v in vals) / len(vals)
+
+
 def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str) -> None:
     """``<method_dir>/sweep_<key, dots as _>.{png,pdf}``: the chosen-by metric of every kept run vs epoch
     (training error dashed), so the record shows whether the choice was still changing at the sweep's end."""
@@ -75,16 +88,19 @@ def plot(method_dir: Path, key: str, values: list, metric: str, best, title: str
     from biocredit.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(7.4, 3.8))
+    x = "epoch"
     for i, value in enumerate(values):
         rows = [r for r in csv.DictReader((method_dir / f"{key}={shown(value)}" / "metrics.csv").open())
-                if int(r["epoch"]) > 0]
-        epochs = [int(r["epoch"]) for r in rows]
+                if float(r["epoch"]) > 0]
+        if any(not float(r["epoch"]).is_integer() for r in rows):  # rows every k examples (synthetic tasks)
+            x = "examples_seen"
+        epochs = [float(r[x]) for r in rows]
         color = plt.cm.viridis(i / max(len(values) - 1, 1))
         ax.plot(epochs, [float(r[metric]) for r in rows], color=color, lw=2.0 if value == best else 1.0,
                 label=f"{shown(value)}" + (" (chosen)" if value == best else ""))
         if metric != "train_error" and "train_error" in rows[0]:
             ax.plot(epochs, [float(r["train_error"]) for r in rows], color=color, lw=0.8, ls="--")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(f"{metric} (solid)" + ("; train_error (dashed)" if metric != "train_error" else ""))
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -104,6 +120,10 @@ def main() -> None:
     ap.add_argument("--valid-size", type=int, default=0,
                     help="hold out the last N training examples and choose by their error (valid_error)")
     ap.add_argument("--runs", help="keep the runs under RUNS/<experiment>/<method>/<key>=<value> (resumable)")
+    ap.add_argument("--by", choices=["final", "speed"], default="final",
+                    help="choose by the final error (default) or by learning speed: the mean log10 error over the "
+                         "run's rows, floored at --floor")
+    ap.add_argument("--floor", type=float, default=1e-12, help="with --by speed: errors below it count as it")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config("config.yaml", parse_overrides(args.set) | {"scale": args.scale})
@@ -115,7 +135,8 @@ def main() -> None:
     label = path[-1] if path == ["train", "lr"] else args.key
     held = f", the last {args.valid_size} training examples held out" if args.valid_size else ""
     print("# command: python benchmarks/lr_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print(f"# {exp}: final {metric} on selection seed {SELECTION_SEED} ({args.scale} scale{held}), sweeping "
+    by = f"speed (mean log10 {metric} over the rows, floored at {args.floor:g})" if args.by == "speed" else f"final {metric}"
+    print(f"# {exp}: {by} on selection seed {SELECTION_SEED} ({args.scale} scale{held}), sweeping "
           f"{args.key}" + (f"; overrides: {' '.join(args.set)}" if args.set else ""))
     only = args.methods.split(",") if args.methods else list(cfg["experiments"][exp]["methods"])
     for method in only:
@@ -136,13 +157,17 @@ def main() -> None:
             node[path[-1]] = float(value) if isinstance(old, float) and isinstance(value, int) else value
             keep = Path(args.runs) / exp / method / f"{args.key}={shown(value)}" if args.runs else None
             s = finished(keep, rc) if keep else None
-            if s is None:
-                with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
+            with (nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as d:
+                if s is None:
                     s = train(rc, d, cfg["data"]["dir"], wandb_cfg={"mode": "disabled"}, threads=1)
+                fast = speed(Path(d) / "metrics.csv", metric, args.floor) if args.by == "speed" else None
             final = s["final"]
             err = final[metric] if s["status"] == "completed" else math.inf
-            best = min(best, (err, value), key=lambda t: t[0])
+            score = err if fast is None else (fast if s["status"] == "completed" else math.inf)
+            best = min(best, (score, value), key=lambda t: t[0])
             extra = (f"  train_error {final['train_error']:.5g}" if args.valid_size else "")
+            if fast is not None:
+                extra += f"  speed {score:.4g}"
             print(f"{method:20s} {label} {shown(value):<8s} {s['status']:10s} {metric} {err:.5g}{extra}", flush=True)
         print(f"{method:20s} BEST {label} {best[1]}", flush=True)
         if args.runs:

@@ -168,3 +168,23 @@ def test_plot_dynamics_writes_nonempty_png_and_pdf(tmp_path) -> None:
     png, pdf = (p.read_bytes() for p in paths)
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
     assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
+
+
+def test_the_fig3_claim_fails_when_the_trajectory_lands_on_the_other_stable_branch(tmp_path) -> None:
+    """The claim is "ends on the stable branch with W > 0 (sign of B)". Part of the W < 0 branch (W0 < -1) is
+    stable too: a trajectory started there lands on it, and the verdict must then say the claim does not hold."""
+    import pandas as pd
+    from conftest import REPO_CONFIG
+
+    from biocredit import cli
+
+    args = ["analysis", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+            "--analysis", "lillicrap_111"]
+    assert cli.main(args) == 0
+    table = tmp_path / "smoke" / "tables" / "lillicrap_111_comparison.csv"
+    assert pd.read_csv(table)["verdict"].item() == "holds"
+    assert cli.main([*args, "--set", "analyses.lillicrap_111.start=[-2.0,-0.6]"]) == 0
+    summary = json.loads((tmp_path / "smoke" / "tables" / "lillicrap_111_summary.json").read_text())
+    end = summary["expected"]
+    assert end["on_stable_branch"] and end["W"] < 0  # on the stable part of the other branch...
+    assert pd.read_csv(table)["verdict"].item() == "does NOT hold"  # ...which is not what the paper claims

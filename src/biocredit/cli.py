@@ -450,7 +450,10 @@ def cmd_analysis(args: argparse.Namespace) -> int:
         "metric": "W0·W", "source": a["source"], "n": 1, "n_diverged": 0, "scale": cfg["scale"], "epochs": 0,
         "statistic": f"expected flow ends at W0 = {exp_['W0']:.3f}, W = {exp_['W']:.3f} (W0·W = {exp_['W0_W']:.4f}); "
                      f"FA rule ends at W0 = {sim['W0']:.3f}, W = {sim['W']:.3f} (W0·W = {sim['W0_W']:.4f})",
-        "verdict": "holds" if exp_["on_stable_branch"] and sim["on_stable_branch"] else "does NOT hold",
+        # both ends on the stable part of W0·W = T AND on the branch whose W has B's sign (the W < 0 branch is
+        # stable too where W0 < -1: landing there does not make the claim hold)
+        "verdict": "holds" if all(s["on_stable_branch"] and s["W_same_sign_as_B"] for s in (exp_, sim))
+                   else "does NOT hold",
     })
     pd.DataFrame([row], columns=COMPARISON_COLUMNS).to_csv(tables / f"{args.analysis}_comparison.csv", index=False)
     return 0
