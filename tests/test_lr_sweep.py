@@ -57,3 +57,26 @@ def test_a_key_outside_the_run_config_is_one_clear_line_before_any_training(tmp_
               env=cli_env)
     assert p.returncode != 0
     assert "--key net.nope.scale" in p.stderr and "epoch" not in p.stderr
+
+
+def test_by_speed_chooses_the_rate_whose_error_falls_fastest_not_the_lowest_final(tmp_path, cli_env):
+    """``--by speed``: the choice reads the mean over the run's rows of log10(max(error, floor)), recomputed here
+    from each kept run's metrics.csv; with a floor above both runs' final errors the final error cannot decide,
+    only how fast each got there. The curves of a synthetic task (rows every k examples) are drawn too."""
+    import math
+
+    runs = tmp_path / "runs"
+    p = sweep("lillicrap_linear", "0.002,0.01", "bp", "--scale", "smoke", "--by", "speed", "--floor", "1e-3",
+              "--runs", str(runs), env=cli_env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [ln.split() for ln in p.stdout.splitlines() if ln.startswith("bp ")]
+    scores = {float(ln[2]): float(ln[-1]) for ln in lines if ln[1] == "lr" and ln[-2] == "speed"}
+    assert set(scores) == {0.002, 0.01}
+    for lr, printed in scores.items():
+        rows = [r for r in csv.DictReader((runs / "lillicrap_linear" / "bp" / f"train.lr={lr:g}" / "metrics.csv").open())
+                if float(r["examples_seen"]) > 0]
+        expected = sum(math.log10(max(float(r["train_error"]), 1e-3)) for r in rows) / len(rows)
+        assert printed == pytest.approx(expected, abs=1e-3)
+    best = float(next(ln for ln in lines if ln[1] == "BEST")[3])
+    assert best == min(scores, key=scores.get) == 0.01  # the larger stable rate learns faster
+    assert (runs / "lillicrap_linear" / "bp" / "sweep_train_lr.png").stat().st_size > 0
