@@ -132,13 +132,11 @@ def test_a_figure_with_its_own_title_is_drawn_under_it_and_the_others_under_the_
 
 
 def _tick_labels(ymin: float, ymax: float) -> list[str]:
-    from biocredit.figures import PlainLogFormatter
+    from biocredit.figures import plain_log_y
 
     fig, ax = plt.subplots()
     ax.plot([0, 1], [ymin, ymax])
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(PlainLogFormatter())
-    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+    plain_log_y(ax)
     fig.canvas.draw()
     labels = [t.get_text() for t in [*ax.yaxis.get_majorticklabels(), *ax.yaxis.get_minorticklabels()]
               if t.get_text() and ymin <= t.get_position()[1] <= ymax]

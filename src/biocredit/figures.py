@@ -50,6 +50,13 @@ class PlainLogFormatter(LogFormatterSciNotation):
         return f"{x:.6g}"
 
 
+def plain_log_y(ax: plt.Axes) -> None:
+    """A log y axis labelled by :class:`PlainLogFormatter` (major and minor ticks)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
 def method_color(method: Mapping[str, Any]) -> str | None:
     return method.get("color") or DEFAULT_COLORS.get(method["rule"])
 
@@ -120,9 +127,7 @@ def plot_curves(stats: pd.DataFrame, exp: Mapping[str, Any], fig_cfg: Mapping[st
             ax.axhline(rep["value"], color=method_color(exp["methods"][rep["method"]]), lw=1,
                        ls=(1.5 * k_same, (1.0, 1.5 * len(same) - 1.0)) if len(same) > 1 else ":")
         if log_y:
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(PlainLogFormatter())
-            ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+            plain_log_y(ax)
         if off_axis:
             ax.text(0.02, 0.02, textwrap.fill("0 at every point after the start, so not on this log axis: "
                                               + "; ".join(off_axis), 70),
