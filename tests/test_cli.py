@@ -61,6 +61,18 @@ def test_train_on_unprepared_data_exits_2_saying_how_to_prepare(capsys: pytest.C
     assert "mnist" in line and "prepare-data" in line
 
 
+@pytest.mark.parametrize("seed, words", [("-1", "a seed is 0 or more"), ("one", "expected a whole number")])
+def test_train_with_a_negative_or_non_numeric_seed_exits_2_before_any_folder(capsys, tmp_path, seed: str, words: str):
+    # before: --seed -1 trained into a folder "seed-1", which --seeds A-B and the Snakefile cannot name
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path / 'results'}",
+                  "--experiment", EXP, "--method", "bp", "--seed", seed])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--seed" in line and repr(seed) in line and words in line, line
+    assert not (tmp_path / "results").exists()
+
+
 def test_set_without_equals_sign_is_one_line(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["validate", "--config", str(REPO_CONFIG), "--set", "scale"]) == 2
     line = one_line(capsys.readouterr().err)

@@ -115,6 +115,22 @@ def test_overrides_reach_into_lists_and_a_bad_path_is_one_line():
         assert str(err.value).startswith(f"--set {key}: ") and words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_override_of_a_key_the_config_lacks_names_the_set_and_the_keys_there():
+    for key, new, there in (("train.lr", "'train'", "keys at the top level: analyses, data, device"),
+                            (f"experiments.{EXP}.scales.quick.epoch", f"'experiments.{EXP}.scales.quick.epoch'",
+                             f"keys at experiments.{EXP}.scales.quick: epochs, seeds")):
+        with pytest.raises(ConfigError) as err:
+            load_config(REPO_CONFIG, {key: 1})
+        msg = one_line(str(err.value))
+        assert msg.startswith(f"--set {key}: ") and f"has no key {new}" in msg and there in msg, msg
+    # a key the schema knows but this config leaves out is accepted; an unknown key in the file itself is
+    # still reported against the file, not against an unrelated --set
+    load_config(REPO_CONFIG, {f"experiments.{EXP}.methods.{BP}.train.lr": 0.1})
+    with pytest.raises(ConfigError) as err:
+        validate({**raw_config(), "trian": {}}, "cfg.yaml")
+    assert one_line(str(err.value)).startswith("cfg.yaml: <top level>:") and "'trian'" in str(err.value)
+
+
 def test_overrides_are_validated_like_the_file():
     with pytest.raises(ConfigError, match=rf"experiments\.{EXP}\.train\.lr: -1 "):
         load_config(REPO_CONFIG, {f"experiments.{EXP}.train.lr": -1})

@@ -226,6 +226,17 @@ def _running_commit(run_folder: Path) -> str:
     return (state.get("segments") or [{}])[-1].get("git_commit", "")
 
 
+def _seed(text: str) -> int:
+    """One seed: a whole number, 0 or more (a run folder is named seed<N>, and ranges read A-B)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, e.g. --seed 0") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is 0 or more")
+    return seed
+
+
 def _seed_list(text: str) -> list[int]:
     """``0-19`` or ``0,3,5`` (or both, e.g. ``0-4,9``) as a sorted list of distinct seeds."""
     seeds: set[int] = set()
@@ -557,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True)
     p.add_argument("--method", required=True)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--seed", type=int)
+    which.add_argument("--seed", type=_seed)
     which.add_argument("--seeds", type=_seed_list, metavar="A-B|A,B,...",
                        help="train these seeds in one process, as one stacked ensemble where the rule and task "
                             "allow (synthetic tasks), else one after another; e.g. --seeds 0-19")

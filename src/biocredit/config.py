@@ -229,15 +229,27 @@ def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | No
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key, value in (overrides or {}).items():
-        set_dotted(cfg, key, value)
-    validate(cfg, str(path), rules=rules)
+    made = {key: set_dotted(cfg, key, value) for key, value in (overrides or {}).items()}
+    try:
+        validate(cfg, str(path), rules=rules)
+    except ConfigError as e:
+        # A --set that made a key the schema does not know reads "<top level>: Additional properties are not
+        # allowed ('train' was unexpected)"; name the --set and the keys that exist there instead.
+        for key, (new, siblings) in made.items():
+            if new and f"'{new.rsplit('.', 1)[-1]}' was unexpected" in str(e):
+                where = new.rpartition(".")[0] or "the top level"
+                raise ConfigError(f"--set {key}: {path} has no key {new!r}; keys at {where}: "
+                                  f"{', '.join(siblings)}") from None
+        raise
     return cfg
 
 
-def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+def set_dotted(cfg: dict, dotted: str, value: Any) -> tuple[str, list[str]]:
     """cfg[a][b]... = value for the key 'a.b...'; a number indexes a list (claims.3.text). Missing mappings are
-    made; a path through a list index out of range or through a plain value is a one-line ConfigError."""
+    made; a path through a list index out of range or through a plain value is a one-line ConfigError.
+
+    Returns the first key it had to make ('' if none) and the keys that were beside it, for error messages."""
+    made: tuple[str, list[str]] = ("", [])
     node: Any = cfg
     parts = dotted.split(".")
     for depth, p in enumerate(parts):
@@ -251,12 +263,15 @@ def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
             else:
                 node = node[int(p)]
         elif isinstance(node, dict):
+            if p not in node and not made[0]:
+                made = (where, sorted(map(str, node)))
             if last:
                 node[p] = value
             else:
                 node = node.setdefault(p, {})
         else:
             raise ConfigError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value ({node!r}), not a mapping")
+    return made
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:
