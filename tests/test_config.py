@@ -115,20 +115,26 @@ def test_overrides_reach_into_lists_and_a_bad_path_is_one_line():
         assert str(err.value).startswith(f"--set {key}: ") and words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_an_override_of_a_key_the_config_lacks_names_the_set_and_the_keys_there():
-    for key, new, there in (("train.lr", "'train'", "keys at the top level: analyses, data, device"),
-                            (f"experiments.{EXP}.scales.quick.epoch", f"'experiments.{EXP}.scales.quick.epoch'",
-                             f"keys at experiments.{EXP}.scales.quick: epochs, seeds")):
+def test_an_unknown_key_is_one_line_listing_the_keys_that_place_takes_and_names_its_set():
+    for key, where, there in (("train.lr", "<top level>: 'train'", "scale, device, threads, ensembles"),
+                              (f"experiments.{EXP}.scales.quick.epoch", f"experiments.{EXP}.scales.quick: 'epoch'",
+                               "epochs, seeds, train_subset")):
         with pytest.raises(ConfigError) as err:
             load_config(REPO_CONFIG, {key: 1})
         msg = one_line(str(err.value))
-        assert msg.startswith(f"--set {key}: ") and f"has no key {new}" in msg and there in msg, msg
-    # a key the schema knows but this config leaves out is accepted; an unknown key in the file itself is
-    # still reported against the file, not against an unrelated --set
+        assert msg.startswith(f"--set {key}: {REPO_CONFIG}: {where}: no such key here; the keys this place "
+                              f"takes: "), msg
+        assert there in msg, msg
+    # a key the schema takes but this config leaves out is accepted; an unknown key in the file itself is
+    # reported against the file, not against an unrelated --set
     load_config(REPO_CONFIG, {f"experiments.{EXP}.methods.{BP}.train.lr": 0.1})
+    cfg = raw_config()
+    cfg["trian"] = {}
+    bad = REPO_CONFIG.parent / "no-such-dir" / "x.yaml"
     with pytest.raises(ConfigError) as err:
-        validate({**raw_config(), "trian": {}}, "cfg.yaml")
-    assert one_line(str(err.value)).startswith("cfg.yaml: <top level>:") and "'trian'" in str(err.value)
+        validate(cfg, str(bad))
+    assert one_line(str(err.value)).startswith(f"{bad}: <top level>: 'trian': no such key here; the keys this "
+                                               f"place takes: scale, device,"), str(err.value)
 
 
 def test_overrides_are_validated_like_the_file():

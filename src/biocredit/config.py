@@ -70,6 +70,10 @@ def validate(cfg: Mapping, source: str = "config.yaml", *, rules: bool = True) -
         # The deepest error is the most specific one ("lr: -1 is less than the minimum"), not "not valid under any".
         err = max(errors, key=lambda e: len(e.absolute_path))
         message = err.message.splitlines()[0]
+        if err.validator == "additionalProperties" and err.schema.get("properties"):
+            unknown = sorted(set(err.instance) - set(err.schema["properties"]))
+            message = (f"{', '.join(map(repr, unknown))}: no such key here; the keys this place takes: "
+                       f"{', '.join(err.schema['properties'])}")
         if err.validator == "oneOf" and len(err.absolute_path) >= 2 and err.absolute_path[-2] == "claims":
             given = sorted(set(err.instance) & {"lower", "higher", "below", "above", "below_metric"})
             message = (f"has {', '.join(given) or 'no comparison'}; a claim needs exactly one comparison: lower + "
@@ -233,23 +237,21 @@ def load_config(path: str | os.PathLike = "config.yaml", overrides: Mapping | No
     try:
         validate(cfg, str(path), rules=rules)
     except ConfigError as e:
-        # A --set that made a key the schema does not know reads "<top level>: Additional properties are not
-        # allowed ('train' was unexpected)"; name the --set and the keys that exist there instead.
-        for key, (new, siblings) in made.items():
-            if new and f"'{new.rsplit('.', 1)[-1]}' was unexpected" in str(e):
-                where = new.rpartition(".")[0] or "the top level"
-                raise ConfigError(f"--set {key}: {path} has no key {new!r}; keys at {where}: "
-                                  f"{', '.join(siblings)}") from None
+        # A key the schema does not know, made by a --set (a typo on the command line), names that --set.
+        for key, new in made.items():
+            where, _, name = new.rpartition(".")
+            if new and str(e).startswith(f"{path}: {where or '<top level>'}: {name!r}: no such key"):
+                raise ConfigError(f"--set {key}: {e}") from None
         raise
     return cfg
 
 
-def set_dotted(cfg: dict, dotted: str, value: Any) -> tuple[str, list[str]]:
+def set_dotted(cfg: dict, dotted: str, value: Any) -> str:
     """cfg[a][b]... = value for the key 'a.b...'; a number indexes a list (claims.3.text). Missing mappings are
     made; a path through a list index out of range or through a plain value is a one-line ConfigError.
 
-    Returns the first key it had to make ('' if none) and the keys that were beside it, for error messages."""
-    made: tuple[str, list[str]] = ("", [])
+    Returns the first key it had to make, as a dotted path ('' if none), for error messages."""
+    made = ""
     node: Any = cfg
     parts = dotted.split(".")
     for depth, p in enumerate(parts):
@@ -263,8 +265,8 @@ def set_dotted(cfg: dict, dotted: str, value: Any) -> tuple[str, list[str]]:
             else:
                 node = node[int(p)]
         elif isinstance(node, dict):
-            if p not in node and not made[0]:
-                made = (where, sorted(map(str, node)))
+            if p not in node and not made:
+                made = where
             if last:
                 node[p] = value
             else:
