@@ -73,6 +73,47 @@ def test_train_with_a_negative_or_non_numeric_seed_exits_2_before_any_folder(cap
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("command", ["aggregate", "figures", "figure-data", "select-length", "progress"])
+def test_every_command_names_an_unknown_experiment_in_one_line(capsys, tmp_path, command: str):
+    # before: aggregate and figures ended in a KeyError traceback
+    rc = cli.main([command, "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path / 'results'}",
+                   "--experiment", "lillicrap_mnits"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("biocredit: --experiment lillicrap_mnits: no such experiment") and EXP in line, line
+    assert not (tmp_path / "results").exists()
+
+
+def test_figures_before_aggregation_exits_2_naming_the_table_and_the_command(capsys, tmp_path):
+    rc = cli.main(["figures", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}", "--scale", "smoke",
+                   "--experiment", EXP])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    table = tmp_path / "smoke" / "tables" / f"{EXP}_curves.csv"
+    assert f"{table}: missing" in line and f"biocredit aggregate --experiment {EXP} --scale smoke" in line, line
+    assert not (tmp_path / "smoke" / "figures").exists()
+
+
+def test_train_on_a_device_this_machine_lacks_exits_2_before_any_run_folder(capsys, tmp_path):
+    # cuda:99 is missing on every machine: "CUDA is not available" without a GPU, the device count with one
+    rc = cli.main(["train", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path / 'results'}",
+                   "--set", "device=cuda:99", "--scale", "smoke", "--experiment", EXP, "--method", "bp", "--seed", "0"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("biocredit: device: 'cuda:99'") and ("not available" in line or "CUDA device(s)" in line)
+    assert not (tmp_path / "results").exists()
+
+
+def test_train_into_a_folder_that_cannot_be_made_exits_2_naming_it(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    rc = cli.main(["train", "--config", str(REPO_CONFIG), "--set", "device=cpu", "--scale", "smoke",
+                   "--experiment", EXP, "--method", "bp", "--seed", "0", "--out", str(blocker / "run")])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"biocredit: {blocker / 'run'}: cannot make the run folder") and "set --out" in line, line
+
+
 def test_set_without_equals_sign_is_one_line(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["validate", "--config", str(REPO_CONFIG), "--set", "scale"]) == 2
     line = one_line(capsys.readouterr().err)

@@ -79,7 +79,7 @@ def test_progress_follows_runs_from_missing_to_finished_killed_extended_and_chan
     assert "seed 1: training, epoch 1/2" in capsys.readouterr().out
     assert cli.main(["progress", "--config", str(path), "--experiment", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--experiment 'nope'" in err[0]
+    assert len(err) == 1 and "--experiment nope: no such experiment" in err[0]
 
 
 def test_an_ensemble_jobs_checkpoint_counts_for_its_seeds_and_its_epochs_once(small_config, config_file):

@@ -51,10 +51,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace, *, rules: bool = True) -> dict:
+    """The config with the command's --set/--scale applied; an --experiment it lacks is one line here, before
+    any command reads a table or a run folder."""
     overrides = parse_overrides(args.set)
     if args.scale:
         overrides["scale"] = args.scale
-    return load_config(args.config, overrides, rules=rules)
+    cfg = load_config(args.config, overrides, rules=rules)
+    asked = getattr(args, "experiment", None)
+    for name in [asked] if isinstance(asked, str) else asked or []:
+        if name not in cfg["experiments"]:
+            raise ConfigError(f"--experiment {name}: no such experiment in {args.config}; known: "
+                              f"{', '.join(cfg['experiments'])}")
+    return cfg
 
 
 def _short(commit: str) -> str:
@@ -153,12 +161,23 @@ def _train_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 threads=cfg.get("threads"))
 
 
+def _make_run_dirs(outs: list[Path], key: str) -> None:
+    """Make the run folders before any data is read; one that cannot be made is one line naming the setting."""
+    for out in outs:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{out}: cannot make the run folder ({e.strerror or e}); set {key} to a folder you "
+                              "can write") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from biocredit.aggregate import run_dir
-    from biocredit.train import train
+    from biocredit.train import resolve_device, train
 
     cfg = _load(args)
     kw = _train_kwargs(cfg)
+    resolve_device(kw["device"])  # a device this machine lacks: one line, before any run folder is made
     data_dir = cfg.get("data", {}).get("dir", "data")
     if args.seeds is not None:  # several seeds in this one process: a stacked ensemble where the rule allows
         from biocredit.ensemble import train_seeds
@@ -167,11 +186,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--out goes with --seed only; --seeds writes each seed's default run folder")
         run_cfgs = [resolve_run(cfg, args.experiment, args.method, s) for s in args.seeds]
         outs = [run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, args.method, s) for s in args.seeds]
+        _make_run_dirs(outs, "results_dir")
         summaries = train_seeds(run_cfgs, outs, data_dir, ensemble=cfg.get("ensembles", True), **kw)
     else:
         run_cfg = resolve_run(cfg, args.experiment, args.method, args.seed)
         out = Path(args.out) if args.out else run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment,
                                                        args.method, args.seed)
+        _make_run_dirs([out], "--out" if args.out else "results_dir")
         summaries = [train(run_cfg, out, data_dir, **kw)]
     for summary in summaries:
         print(json.dumps({k: summary[k] for k in ("experiment", "method", "seed", "status", "best_test_error")}))
@@ -186,8 +207,6 @@ def cmd_select_length(args: argparse.Namespace) -> int:
     from biocredit.config import config_hash
 
     cfg = _load(args)
-    if args.experiment not in cfg["experiments"]:
-        raise ConfigError(f"--experiment {args.experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
     run_cfg = selection.selection_run_config(cfg, args.experiment, cfg["scale"])
     sel = cfg["experiments"][args.experiment]["length_selection"]
     out = _scale_dir(cfg) / "length_selection" / args.experiment
@@ -386,8 +405,6 @@ def cmd_figure_data(args: argparse.Namespace) -> int:
     from biocredit.figures import figure_data, save_figure_data
 
     cfg = _load(args)
-    if args.experiment not in cfg["experiments"]:
-        raise ConfigError(f"--experiment {args.experiment}: no such experiment; known: {', '.join(cfg['experiments'])}")
     exp = cfg["experiments"][args.experiment]
     first_seed = seeds(cfg, args.experiment)[0]
     for f in _weight_figures(cfg, args.experiment, args.figure):
@@ -412,6 +429,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
     cfg = _load(args, rules=False)
     exp = cfg["experiments"][args.experiment]
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
+    for name in ("curves.csv", "provenance.json"):
+        if not (tables / f"{args.experiment}_{name}").is_file():
+            raise ConfigError(f"{tables / f'{args.experiment}_{name}'}: missing; aggregate the runs first: python -m "
+                              f"biocredit aggregate --experiment {args.experiment} --scale {cfg['scale']}")
     stats = pd.read_csv(tables / f"{args.experiment}_curves.csv")
     prov = json.loads((tables / f"{args.experiment}_provenance.json").read_text())
     note = figure_note(cfg["scale"], prov, args.experiment)
@@ -540,10 +561,6 @@ def cmd_progress(args: argparse.Namespace) -> int:
     from biocredit import progress
 
     cfg = _load(args)
-    unknown = [e for e in args.experiment or [] if e not in cfg["experiments"]]
-    if unknown:
-        raise ConfigError(f"--experiment {unknown[0]!r}: not in {args.config}; experiments: "
-                          f"{', '.join(cfg['experiments'])}")
     for line in progress.report(cfg, args.experiment or list(cfg["experiments"])):
         print(line)
     return 0

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from biocredit import data as datasets
 from biocredit import optim
-from biocredit.config import config_hash
+from biocredit.config import ConfigError, config_hash
 from biocredit.losses import loss_value, squared_errors
 from biocredit.metrics import classification_error, normalised_squared_error, target_spread, update_angles
 from biocredit.nets import MLP, build_net
@@ -56,11 +56,17 @@ class Task:
 
 
 def resolve_device(setting: str = "auto") -> torch.device:
+    """The config's ``device`` as a torch device; one that this machine lacks is a one-line ConfigError."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {setting!r} asked for but CUDA is not available here; use device: auto or cpu")
-    return torch.device(setting)
+        raise ConfigError(f"device: {setting!r} asked for but CUDA is not available here; use device: auto or cpu "
+                          "(--set device=cpu)")
+    dev = torch.device(setting)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {setting!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 PREPROCESS = ("unit_interval", "standardize")
