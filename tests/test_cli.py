@@ -114,6 +114,24 @@ def test_train_into_a_folder_that_cannot_be_made_exits_2_naming_it(capsys, tmp_p
     assert line.startswith(f"biocredit: {blocker / 'run'}: cannot make the run folder") and "set --out" in line, line
 
 
+def test_figures_of_an_unknown_figure_exits_2_listing_the_figures(capsys, tmp_path):
+    # before: exit 0 and nothing drawn
+    figures = [f["name"] for f in yaml.safe_load(REPO_CONFIG.read_text())["experiments"][EXP]["figures"]]
+    rc = cli.main(["figures", "--config", str(REPO_CONFIG), "--set", f"results_dir={tmp_path}",
+                   "--experiment", EXP, "--figure", "fig9"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("biocredit: --figure fig9: ") and all(f in line for f in figures), line
+
+
+def test_sync_wandb_of_a_folder_that_does_not_exist_exits_2_naming_it(capsys, tmp_path):
+    # before: "synced 0 offline W&B run(s)", exit 0, for a mistyped --dir
+    rc = cli.main(["sync-wandb", "--config", str(REPO_CONFIG), "--dir", str(tmp_path / "resluts"), "--dry-run"])
+    assert rc == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"biocredit: {tmp_path / 'resluts'}: no such folder") and "--dir" in line, line
+
+
 def test_set_without_equals_sign_is_one_line(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["validate", "--config", str(REPO_CONFIG), "--set", "scale"]) == 2
     line = one_line(capsys.readouterr().err)

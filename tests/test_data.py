@@ -188,6 +188,16 @@ def test_missing_files_in_an_empty_mirror_are_reported(tmp_path: Path) -> None:
     assert "data_batch_1" in msg and "batches.meta" in msg and data.MIRROR_ENV in msg
 
 
+def test_a_data_folder_that_cannot_be_made_is_one_line_naming_it_before_any_copy(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    (tmp_path / "mirror").mkdir()
+    with pytest.raises(DataError) as exc:  # before: a FileNotFoundError traceback from the copy (or the download)
+        data.prepare("mnist", blocker / "data", mirror=tmp_path / "mirror", download=True)
+    msg = _one_line(exc)
+    assert msg.startswith(f"mnist: cannot make the data folder {blocker / 'data' / 'MNIST'}") and "data.dir" in msg
+
+
 def test_unknown_dataset_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         data.prepare("imagenet", tmp_path, download=False)

@@ -428,6 +428,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     cfg = _load(args, rules=False)
     exp = cfg["experiments"][args.experiment]
+    names = [f["name"] for f in exp.get("figures", [])]
+    if args.figure and args.figure not in names:
+        raise ConfigError(f"--figure {args.figure}: experiments.{args.experiment}.figures has no such figure; "
+                          f"known: {', '.join(names) or 'none'}")
     tables, figs = _scale_dir(cfg) / "tables", _scale_dir(cfg) / "figures"
     for name in ("curves.csv", "provenance.json"):
         if not (tables / f"{args.experiment}_{name}").is_file():
@@ -549,6 +553,9 @@ def cmd_sync_wandb(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     root = Path(args.dir) if args.dir else Path(cfg["results_dir"])
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder to search for offline W&B runs; pass --dir (or set results_dir) "
+                          "to the folder the runs were written under")
     try:
         synced = sync_offline_runs(root, dry_run=args.dry_run)
     except RuntimeError as e:

@@ -405,6 +405,12 @@ def prepare(
         return record
 
     missing = [rel for rel in spec.files if not (folder / rel).is_file()]
+    if missing:  # the folder the files go to, before any copy or download
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{name}: cannot make the data folder {folder} ({e.strerror or e}); set data.dir "
+                            "(or prepare-data --data-dir) to a folder you can write") from None
     source = "present"
     copied_from: Path | None = None
     if missing and mirror is not None:
