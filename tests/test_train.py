@@ -239,6 +239,59 @@ def test_wandb_offline_run_holds_the_logged_metrics(small_config, config_file):
             assert logged[key] == float(row[key]), (key, row["epoch"])
 
 
+def test_each_run_folder_keeps_one_wandb_run_through_kills_copies_and_retraining(tmp_path):
+    """Found 2026-12-03: a process killed before its first checkpoint left its W&B run behind (the checkpoint
+    still named the run before it), and a results folder copied elsewhere had the original's run deleted."""
+    import shutil
+
+    from biocredit.train import WANDB_RECORD, open_tracker
+
+    run_cfg = {"experiment": EXP, "method": "fa", "seed": 0, "scale": "smoke", "rule": "feedback_alignment",
+               "train": {}}
+    out, wandb_dir = tmp_path / "results" / "run", tmp_path / "results" / "wandb"
+    out.mkdir(parents=True)
+    rows = [{"epoch": e, "test_error": 50.0 - e} for e in range(3)]
+
+    def segment(old: str | None, done: int, out_dir: Path = out, wdir: Path = wandb_dir) -> Path:
+        tracker = open_tracker(run_cfg, {}, {"mode": "offline"}, wdir, old, rows[:done], out_dir)
+        tracker.log(rows[done])  # then killed: exit code 1, and no checkpoint names this run
+        tracker.finish(exit_code=1)
+        return Path(tracker.run_dir)
+
+    first = segment(None, 0)  # its checkpoint (epoch 1) names `first`
+    second = segment(str(first), 1)  # killed before its first checkpoint: only the record names `second`
+    assert find_offline_runs(wandb_dir) == [second]
+    third = segment(str(first), 1)  # resumes from the same checkpoint, which still names `first`
+    assert find_offline_runs(wandb_dir) == [third], "the run killed before its checkpoint was left behind"
+    assert json.loads((out / WANDB_RECORD).read_text()) == {"wandb_run_dirs": [third.name]}
+    assert [r["epoch"] for r in read_offline_history(third)] == [0, 1]
+
+    # a copy of the results resumed elsewhere replaces its own copy of the run, never the original
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "results", copy)
+    fourth = segment(str(third), 2, copy / "run", copy / "wandb")
+    assert find_offline_runs(wandb_dir) == [third] and find_offline_runs(copy / "wandb") == [fourth]
+
+
+def test_a_fresh_start_over_another_runs_checkpoint_replaces_its_wandb_run(small_config, config_file):
+    fa = method_with_rule(small_config, EXP, "feedback_alignment")
+    wandb_dir = Path(small_config["results_dir"]) / small_config["scale"] / "wandb"
+    assert train(config_file(small_config), fa, 0) == 0
+    small_config["experiments"][EXP]["train"]["lr"] *= 2  # other settings: the folder is trained afresh
+    assert train(config_file(small_config, "other.yaml"), fa, 0) == 0
+    runs = find_offline_runs(wandb_dir)
+    assert len(runs) == 1, runs
+    summary = json.loads((default_run_dir(small_config, fa, 0) / "summary.json").read_text())
+    assert Path(summary["wandb_run_dir"]) == runs[0]
+    record = read_offline_run(runs[0])
+    assert record["config"]["train"]["lr"] == small_config["experiments"][EXP]["train"]["lr"]
+    # W&B's summary keeps the best and the last test error, and every segment that trained the run
+    last = read_metrics(default_run_dir(small_config, fa, 0) / "metrics.csv")[-1]
+    assert record["summary"]["test_error"]["last"] == float(last["test_error"])
+    assert record["summary"]["test_error"]["min"] == summary["best_test_error"]
+    assert record["summary"]["segments"] == summary["provenance"]["segments"]
+
+
 def test_train_eval_subset_measures_train_error_on_a_fixed_subset_and_changes_nothing_else(
         small_config, config_file, tmp_path):
     from biocredit.config import resolve_run

@@ -552,10 +552,10 @@ def cmd_sync_wandb(args: argparse.Namespace) -> int:
     from biocredit.tracking import sync_offline_runs
 
     cfg = _load(args)
-    root = Path(args.dir) if args.dir else Path(cfg["results_dir"])
+    root = Path(args.dir) if args.dir else _scale_dir(cfg) / "wandb"  # where this scale's jobs write them
     if not root.is_dir():
-        raise ConfigError(f"{root}: no such folder to search for offline W&B runs; pass --dir (or set results_dir) "
-                          "to the folder the runs were written under")
+        raise ConfigError(f"{root}: no such folder to search for offline W&B runs; pass --scale (or --dir) for the "
+                          "results the runs were written with")
     try:
         synced = sync_offline_runs(root, dry_run=args.dry_run)
     except RuntimeError as e:
@@ -640,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("sync-wandb", help="upload every offline W&B run (needs `wandb login` or WANDB_API_KEY)")
     _common(p)
-    p.add_argument("--dir", help="folder to search for offline runs (default: results_dir)")
+    p.add_argument("--dir", help="folder to search for offline runs (default: <results_dir>/<scale>/wandb, where "
+                                 "that scale's training jobs write them)")
     p.add_argument("--dry-run", action="store_true", help="only list the runs")
     p.set_defaults(func=cmd_sync_wandb)
     args = parser.parse_args(argv)

@@ -270,7 +270,7 @@ def train_ensemble(
                   for rc, h in zip(run_cfgs, chashes, strict=True)]
     for seg, p in zip(segments, provenance, strict=True):
         seg.append(new_segment(start_epoch, p))
-    trackers = [open_tracker(rc, p, wandb_cfg, Path(wandb_dir or d / "wandb"), old, r)
+    trackers = [open_tracker(rc, p, wandb_cfg, Path(wandb_dir or d / "wandb"), old, r, d)
                 for rc, p, d, old, r in zip(run_cfgs, provenance, out_dirs, old_wandb_dirs, rows, strict=True)]
 
     def record(s: int, row: dict[str, Any]) -> None:

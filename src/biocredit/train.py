@@ -335,9 +335,39 @@ def new_segment(start_epoch: int, provenance: Mapping[str, Any]) -> dict[str, An
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": 0.0}
 
 
+#: In each run folder: the names of the W&B run folders that hold (or held) this run, written the moment a W&B run
+#: opens, so a process killed before its first checkpoint still leaves the name for the next one to replace.
+WANDB_RECORD = "wandb_runs.json"
+
+
+def _earlier_wandb_runs(runs_parent: Path, out_dir: Path, old_wandb_dir: str | None) -> list[Path]:
+    """This run's earlier W&B run folders: the names its record and its checkpoint give, looked up by name in
+    ``runs_parent`` (where this process's W&B run lives). A path the checkpoint recorded elsewhere (a results
+    folder copied or moved from another place) is never touched there: only its namesake here is."""
+    names: list[str] = []
+    try:
+        names += json.loads((out_dir / WANDB_RECORD).read_text()).get("wandb_run_dirs", [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    if old_wandb_dir:
+        names.append(Path(old_wandb_dir).name)
+    found = []
+    for name in dict.fromkeys(Path(n).name for n in names):
+        folder = runs_parent / name
+        if name.startswith(("offline-run-", "run-")) and folder.is_dir() and not folder.is_symlink():
+            found.append(folder)
+    return found
+
+
+def _write_wandb_record(out_dir: Path, folders: list[Path]) -> None:
+    _atomic_write(out_dir / WANDB_RECORD,
+                  lambda tmp: tmp.write_text(json.dumps({"wandb_run_dirs": [f.name for f in folders]}, indent=2)))
+
+
 def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wandb_cfg: Mapping[str, Any] | None,
-                 wandb_dir: Path, old_wandb_dir: str | None, rows: list[dict[str, Any]]) -> WandbRun:
-    """The run's W&B run; on resume it replaces the interrupted one and replays the rows logged so far."""
+                 wandb_dir: Path, old_wandb_dir: str | None, rows: list[dict[str, Any]], out_dir: Path) -> WandbRun:
+    """The run's W&B run, one per run folder: on resume (or on a fresh start over an earlier run) it replaces the
+    earlier W&B run(s) of ``out_dir`` (:func:`_earlier_wandb_runs`) and replays the rows logged so far."""
     wandb_cfg = dict(wandb_cfg or {})
     tracker = WandbRun(
         wandb_dir=wandb_dir,
@@ -350,11 +380,17 @@ def open_tracker(run_cfg: Mapping[str, Any], provenance: Mapping[str, Any], wand
         config={**run_cfg, "provenance": provenance},
         tags=[run_cfg["scale"], run_cfg["rule"]],
         step_metric="examples_seen" if run_cfg["train"].get("eval_every_examples") else "epoch",
-        summaries={"test_error": "min", "train_error": "min", "test_loss": "min", "train_loss": "min"},
+        summaries={"test_error": "min,last", "train_error": "min,last", "test_loss": "min,last",
+                   "train_loss": "min,last"},
     )
-    if old_wandb_dir and Path(old_wandb_dir).exists() and tracker.run_dir and Path(old_wandb_dir) != tracker.run_dir:
-        # the interrupted W&B run is replaced by this one, which replays its rows
-        shutil.rmtree(old_wandb_dir, ignore_errors=True)
+    if tracker.run_dir:  # (disabled mode: no new run, nothing replaced)
+        new = Path(tracker.run_dir)
+        earlier = [f for f in _earlier_wandb_runs(new.parent, out_dir, old_wandb_dir) if f.name != new.name]
+        _write_wandb_record(out_dir, [*earlier, new])  # a kill while deleting leaves every name for the next one
+        for folder in earlier:
+            shutil.rmtree(folder, ignore_errors=True)
+        if earlier:
+            _write_wandb_record(out_dir, [new])
     for r in rows:
         tracker.log(r)
     return tracker
@@ -455,7 +491,8 @@ def finish_run(run_cfg: Mapping[str, Any], out_dir: Path, rows: list[dict[str, A
     }
     tracker.summary({"status": status, "best_test_error": summary["best_test_error"],
                      "final_test_error": last.get("test_error"), "wall_seconds": summary["wall_seconds"],
-                     **summary["memory"], **{k: v for k, v in last.items() if k.startswith("probe_")}})
+                     **summary["memory"], **{k: v for k, v in last.items() if k.startswith("probe_")},
+                     **({"segments": segments} if segments else {})})
     tracker.finish(exit_code=0)
     _atomic_write(out_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(_strict_json(summary), indent=2)))
     return summary
@@ -522,6 +559,7 @@ def train(
                      if extends else ""))
         else:
             _log(f"{tag} ignoring a checkpoint of another config or a finished run ({ckpt_path}); starting afresh")
+            old_wandb_dir = state.get("wandb_run_dir")  # its W&B run no longer describes this folder: replaced
 
     # From here the folder's metrics.csv and checkpoint are this run's; a summary.json left by an earlier run
     # (a finished run now extended, or one of other settings now trained afresh) no longer describes them, and
@@ -530,7 +568,8 @@ def train(
     started = time.time()
     provenance = run_provenance(run_cfg, chash, dev, len(task.x_train), len(task.x_test))
     segments.append(new_segment(start_epoch, provenance))
-    tracker = open_tracker(run_cfg, provenance, wandb_cfg, Path(wandb_dir or out_dir / "wandb"), old_wandb_dir, rows)
+    tracker = open_tracker(run_cfg, provenance, wandb_cfg, Path(wandb_dir or out_dir / "wandb"), old_wandb_dir, rows,
+                           out_dir)
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
