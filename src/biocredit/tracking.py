@@ -23,7 +23,9 @@ explicitly.
 W&B's own files are kept out of the user's home where possible: ``WANDB_CACHE_DIR`` and ``WANDB_DATA_DIR``
 (and ``WANDB_CONFIG_DIR`` when the user has no ``~/.config/wandb/settings`` of their own) default to
 folders below the run's ``wandb_dir`` unless already set, so that CI machines and read-only or shared homes
-work and nothing leaks outside the project's results folder. These are process-wide environment variables
+work and W&B's cache and settings stay in the project's results folder (a hard-killed process can still leave
+wandb's own ``tmp*wandb-media``/``-artifacts`` folders in the system's temp folder). These are process-wide
+environment variables
 and W&B reads them when its service starts, i.e. at the first run of the process.
 
 :func:`read_offline_history` / :func:`read_offline_run` read back an offline run's transaction log
