@@ -296,6 +296,23 @@ def test_a_fresh_clone_redraws_its_figures_from_committed_files_alone(workflow: 
     proc = clone.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
+    # a changed learning rate in the clone trains that experiment (its tables hold runs of the old rate) instead
+    # of redrawing its figures from the old tables; found 2026-12-03: it planned the figures only
+    exp_name = mnist_experiment(clone.config)
+    fa = method_with_rule(clone.config, exp_name, "feedback_alignment")
+    changed = copy.deepcopy(clone.config)
+    exp = changed["experiments"][exp_name]
+    exp["methods"][fa]["train"] = {**exp["methods"][fa].get("train", {}), "lr": exp["train"]["lr"] * 3}
+    path = clone.root / "config_fa_lr.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    proc = clone.snakemake("-n", configfile=path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    trained = set(re.findall(r"Training (\S+) / (\S+) / seed (\d+)", out))
+    every_run = {(exp_name, m, str(s)) for m in exp["methods"] for s in range(exp["scales"]["smoke"]["seeds"])}
+    assert trained == every_run, trained  # the aggregation needs them all: none is in the clone
+    assert job_counts(out).get("prepare_data") == 1 and job_counts(out).get("aggregate") == 1, out[-3000:]
+
 
 def test_the_committed_quick_results_need_no_run_folders(tmp_path: Path):
     """The same for this repository's own committed quick-scale results: planned in a copy of what git tracks
@@ -396,6 +413,16 @@ def test_reverifying_the_shared_data_folder_never_reruns_finished_trainings(work
     assert proc.returncode == 0, out[-3000:]
     assert "Nothing to be done" in out, f"a newer verified.json reruns jobs:\n{out[-3000:]}"
 
+    # the data's source (a mirror named in the config instead of the environment, download off) is no reason to
+    # verify them again: that rerun would make Snakemake skip the jobs downstream of it (see DataSourceFlags)
+    moved = copy.deepcopy(workflow.config)
+    moved["data"] = {**moved["data"], "mirror": str(MIRROR), "download": False}
+    path = workflow.root / "config_mirror.yaml"
+    path.write_text(yaml.safe_dump(moved, sort_keys=False))
+    proc = workflow.snakemake("-n", configfile=path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Nothing to be done" in out, f"a new data source reruns jobs:\n{out[-3000:]}"
+
     # another scale: its own runs are planned, but not the (scale-independent) data preparation
     proc = workflow.snakemake("-n", "--config", "scale=quick")
     out = proc.stdout + proc.stderr
@@ -490,6 +517,60 @@ def test_changing_one_methods_learning_rate_reruns_only_that_method_and_downstre
     assert counts.get("aggregate") == 1 and counts.get("compare") == 1
     assert counts.get("figures") == len(exp.get("figures", []))
     assert set(re.findall(r"Aggregating the runs of (\S+)", out)) == {exp_name}
+
+
+def test_a_workflow_stopped_mid_training_resumes_the_run_on_a_plain_rerun(tmp_path: Path):
+    """Ctrl-C in the middle of a training job, then the same command again: the default profile (its
+    rerun-incomplete; found through the top-level ``profiles`` link, since Snakemake looks for profiles/default
+    beside the Snakefile) reruns the job, and the job resumes from its checkpoint. Found 2026-12-03: the profile
+    sat only in workflow/profiles/default, which Snakemake never reads, and the rerun stopped with
+    IncompleteFilesException."""
+    import signal
+    import time
+
+    import torch
+
+    wf = new_workflow(tmp_path)
+    exp_name = mnist_experiment(wf.config)
+    bp = method_with_rule(wf.config, exp_name, "backprop")
+    epochs = 40
+    wf.config["experiments"][exp_name]["scales"]["smoke"]["epochs"] = epochs
+    (wf.root / "config.yaml").write_text(yaml.safe_dump(wf.config, sort_keys=False))
+    run = wf.results / "runs" / exp_name / bp / "seed0"
+    target = str(run / "summary.json")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "-s", str(REPO / "Snakefile"), "--configfile",
+           str(wf.root / "config.yaml"), "--directory", str(wf.root), target]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=wf.root, env=wf.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+        try:
+            deadline, epoch = time.monotonic() + 300, 0
+            while epoch < 1:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint after 300 s"
+                if (run / "checkpoint.pt").exists():
+                    epoch = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"]
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    first = (tmp_path / "first.log").read_text()
+    assert "Using workflow specific profile" in first, first[-3000:]
+    assert not (run / "summary.json").exists(), "the run finished before it could be stopped"
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 1 <= stopped_at < epochs
+
+    again = wf.snakemake(target)  # the same command again, no extra flag
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    log = (wf.results / "logs" / "train" / exp_name / bp / "seed0.log").read_text()
+    assert f"resuming from the checkpoint of epoch {stopped_at}" in log, log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_done"] == epochs and len(summary["provenance"]["segments"]) >= 2
+    rows = pd.read_csv(run / "metrics.csv")
+    assert list(rows["epoch"]) == list(range(epochs + 1)), "rows lost or written twice across the stop"
 
 
 def test_snakemake_lint_is_clean(tmp_path: Path):

@@ -1,4 +1,6 @@
 # Config validation (one line per problem, before any job runs), paths, and the run list.
+import csv
+import functools
 import json
 import os
 import shlex
@@ -7,7 +9,8 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from biocredit.config import SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, ensemble_seeds, resolve_run, seeds
+from biocredit.config import (SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, config_hash, ensemble_seeds,
+                              resolve_run, seeds)
 from biocredit.selection import selection_run_config
 from biocredit.ensemble import seeds_label
 from biocredit.config import validate as biocredit_validate
@@ -68,26 +71,35 @@ def run_summaries(experiment):
     )
 
 
-def tables_partial(experiment):
-    """Whether the experiment's tables were made by `aggregate --partial` (provenance `partial`)."""
-    provenance = Path(RESULTS) / "tables" / f"{experiment}_provenance.json"
-    try:
-        return bool(json.loads(provenance.read_text()).get("partial", False))
-    except (OSError, ValueError):  # no tables yet (the targets need them anyway), or unreadable ones
-        return False
-
-
+@functools.cache
 def awaited_runs(experiment):
-    """The runs that the experiment's tables still lack, when `aggregate --partial` made them.
+    """The runs that the experiment's tables lack, or hold with other settings than the config's now, and that
+    have no run folder: their summaries, which the experiment's target and `all` also ask for.
 
     Snakemake does not rerun a job whose outputs exist only because an input is missing (a missing input is not
-    "newer"), so partial tables, such as the committed paper-scale MNIST ones, would otherwise answer the
-    experiment's target and `all` with "Nothing to be done" and never train the rest. Both targets ask for these
-    summaries too: their training jobs run, and the aggregation, figures and comparison follow them as usual.
-    Complete tables ask for nothing, so a clone whose run folders are not committed trains nothing."""
-    if not tables_partial(experiment):
+    "newer"), so tables without their run folders answer "Nothing to be done" to anything: partial tables, such
+    as the committed paper-scale MNIST ones, would never train the rest, and in a clone (run folders are not
+    committed) a changed learning rate or seed count would redraw the figures from the old tables. Asked for,
+    these runs train, and the aggregation, figures and comparison follow them as usual; the aggregation then
+    needs every run of the experiment, so in a clone the experiment trains afresh. Tables whose runs all match
+    the config ask for nothing, so a clone of finished results trains nothing. A run whose folder exists is left
+    to Snakemake's own triggers (its job's params are the run's settings)."""
+    table = Path(RESULTS) / "tables" / f"{experiment}_runs.csv"
+    if not table.is_file():  # no tables yet: the targets need them, and they need every run
         return []
-    return [s for s in run_summaries(experiment) if not Path(s).exists()]
+    try:
+        with table.open(newline="") as f:
+            have = {(row["method"], int(row["seed"])): row["config_hash"] for row in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError):  # unreadable: as if it held none of the runs
+        have = {}
+    awaited = []
+    for method in experiment_cfg(experiment)["methods"]:
+        for seed in seeds(config, experiment):
+            summary = f"{RESULTS}/runs/{experiment}/{method}/seed{seed}/summary.json"
+            if not Path(summary).exists() and \
+                    have.get((method, seed)) != config_hash(resolve_run(config, experiment, method, seed)):
+                awaited.append(summary)
+    return awaited
 
 
 def ensemble_methods(experiment):
@@ -104,8 +116,8 @@ def dataset_marker(experiment, outputs=None, runs=False):
 
     With ``outputs`` (the files a job writes), a verified.json that does not exist yet is asked for only by a job
     that has one of them missing and, for a training job (``runs``), only where the experiment's tables are
-    missing or partial (the runs that will train). A job that is done does not read the data again, and
-    `ancient` does not stop Snakemake from rerunning every job whose input another job is about to make: in a
+    missing or await runs (:func:`awaited_runs`: the runs that will train). A job that is done does not read the
+    data again, and `ancient` does not stop Snakemake from rerunning every job whose input another job is about to make: in a
     clone or on a new machine without the data folder, prepare_data would otherwise retrain every finished
     (committed) run, and train every run that complete committed tables no longer need. An existing
     verified.json stays an input of every job, so the set of inputs Snakemake recorded for a finished job does
@@ -119,16 +131,33 @@ def dataset_marker(experiment, outputs=None, runs=False):
         return [ancient(marker)]
     if all(Path(o).exists() for o in outputs):
         return []
-    if runs and Path(RESULTS, "tables", f"{experiment}_comparison.csv").exists() and not tables_partial(experiment):
+    if runs and Path(RESULTS, "tables", f"{experiment}_comparison.csv").exists() and not awaited_runs(experiment):
         return []
     return [ancient(marker)]
 
 
+class DataSourceFlags:
+    """data.mirror and data.download as prepare-data flags (BIOCREDIT_DATA_MIRROR still wins inside).
+
+    Not a rerun trigger (Snakemake compares only built-in parameter values): the data are verified against fixed
+    SHA-256 hashes, so where they came from never makes them out of date. It must not be one: a prepare_data job
+    that reruns while its verified.json exists makes Snakemake 9.27 skip every job downstream of that ancient()
+    input, even one with reasons of its own (a changed setting, a missing run), in that invocation
+    (`DAG.update_needrun`: the dependants are masked, then passed over because their only updated input is
+    ancient)."""
+
+    def __init__(self, data):
+        flags = [f"--mirror {shlex.quote(str(data['mirror']))}"] if data.get("mirror") else []
+        self.flags = " ".join(flags + ["--download" if data.get("download", True) else "--no-download"])
+
+    def __str__(self):
+        return self.flags
+
+    __repr__ = __str__
+
+
 def data_source_flags():
-    """data.mirror and data.download as prepare-data flags (BIOCREDIT_DATA_MIRROR still wins inside)."""
-    d = config.get("data", {})
-    flags = [f"--mirror {shlex.quote(str(d['mirror']))}"] if d.get("mirror") else []
-    return " ".join(flags + ["--download" if d.get("download", True) else "--no-download"])
+    return DataSourceFlags(config.get("data", {}))
 
 
 def figure_cfg(w):

@@ -16,6 +16,9 @@ rule figure_data:
         f"{RESULTS}/figure_data/{{experiment}}_{{fig}}.npz",
     params:
         figure=figure_cfg,
+        # the panel titles kept in the file: a renamed method or experiment reads them again
+        title=lambda w: experiment_cfg(w.experiment).get("title"),
+        labels=lambda w: {m: spec.get("label") for m, spec in experiment_cfg(w.experiment)["methods"].items()},
     conda:
         "../../environment.yml"
     log:
@@ -41,6 +44,7 @@ rule figures:
     params:
         figure=figure_cfg,
         methods=lambda w: experiment_cfg(w.experiment)["methods"],
+        title=lambda w: experiment_cfg(w.experiment).get("title"),  # drawn above a figure without its own
         got=comparison_rows,  # read by the report's caption only
     conda:
         "../../environment.yml"
