@@ -298,16 +298,7 @@ def test_a_fresh_clone_redraws_its_figures_from_committed_files_alone(workflow: 
 
     # a changed learning rate in the clone trains that experiment (its tables hold runs of the old rate) instead
     # of redrawing its figures from the old tables; found 2026-12-03: it planned the figures only
-    exp_name = mnist_experiment(clone.config)
-    fa = method_with_rule(clone.config, exp_name, "feedback_alignment")
-    changed = copy.deepcopy(clone.config)
-    exp = changed["experiments"][exp_name]
-    exp["methods"][fa]["train"] = {**exp["methods"][fa].get("train", {}), "lr": exp["train"]["lr"] * 3}
-    path = clone.root / "config_fa_lr.yaml"
-    path.write_text(yaml.safe_dump(changed, sort_keys=False))
-    proc = clone.snakemake("-n", configfile=path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    exp_name, fa, exp, out = plan_with_fa_lr_tripled(clone)
     trained = set(re.findall(r"Training (\S+) / (\S+) / seed (\d+)", out))
     every_run = {(exp_name, m, str(s)) for m in exp["methods"] for s in range(exp["scales"]["smoke"]["seeds"])}
     assert trained == every_run, trained  # the aggregation needs them all: none is in the clone
@@ -496,18 +487,23 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def test_changing_one_methods_learning_rate_reruns_only_that_method_and_downstream(workflow: Workflow):
-    exp_name = mnist_experiment(workflow.config)
-    fa = method_with_rule(workflow.config, exp_name, "feedback_alignment")
-    changed = copy.deepcopy(workflow.config)
+def plan_with_fa_lr_tripled(wf: Workflow) -> tuple[str, str, dict, str]:
+    """The dry run of ``wf`` with FA's learning rate on MNIST tripled: (experiment, fa, its changed config, output)."""
+    exp_name = mnist_experiment(wf.config)
+    fa = method_with_rule(wf.config, exp_name, "feedback_alignment")
+    changed = copy.deepcopy(wf.config)
     exp = changed["experiments"][exp_name]
     exp["methods"][fa]["train"] = {**exp["methods"][fa].get("train", {}), "lr": exp["train"]["lr"] * 3}
-    path = workflow.root / "config_fa_lr.yaml"
+    path = wf.root / "config_fa_lr.yaml"
     path.write_text(yaml.safe_dump(changed, sort_keys=False))
-
-    proc = workflow.snakemake("-n", configfile=path)
+    proc = wf.snakemake("-n", configfile=path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
+    return exp_name, fa, exp, out
+
+
+def test_changing_one_methods_learning_rate_reruns_only_that_method_and_downstream(workflow: Workflow):
+    exp_name, fa, exp, out = plan_with_fa_lr_tripled(workflow)
     trained = set(re.findall(r"Training (\S+) / (\S+) / seed (\d+)", out))
     seeds = range(exp["scales"]["smoke"]["seeds"])
     assert trained == {(exp_name, fa, str(s)) for s in seeds}, trained
@@ -533,8 +529,8 @@ def test_a_workflow_stopped_mid_training_resumes_the_run_on_a_plain_rerun(tmp_pa
     wf = new_workflow(tmp_path)
     exp_name = mnist_experiment(wf.config)
     bp = method_with_rule(wf.config, exp_name, "backprop")
-    epochs = 40
-    wf.config["experiments"][exp_name]["scales"]["smoke"]["epochs"] = epochs
+    epochs = 30  # of 3,000 images (~0.3 s each on one core): long enough that it cannot end before the Ctrl-C
+    wf.config["experiments"][exp_name]["scales"]["smoke"].update(epochs=epochs, train_subset=3000)
     (wf.root / "config.yaml").write_text(yaml.safe_dump(wf.config, sort_keys=False))
     run = wf.results / "runs" / exp_name / bp / "seed0"
     target = str(run / "summary.json")
