@@ -537,8 +537,10 @@ def test_a_workflow_stopped_mid_training_resumes_the_run_on_a_plain_rerun(tmp_pa
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "-s", str(REPO / "Snakefile"), "--configfile",
            str(wf.root / "config.yaml"), "--directory", str(wf.root), target]
     with open(tmp_path / "first.log", "w") as log:
+        # its own process group, as a terminal's Ctrl-C reaches; SIGINT handled as in a terminal even where this
+        # test runs from a background job of a script (which starts with SIGINT ignored, and children inherit it)
         proc = subprocess.Popen(cmd, cwd=wf.root, env=wf.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own process group, as a terminal's Ctrl-C reaches
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline, epoch = time.monotonic() + 300, 0
             while epoch < 1:
