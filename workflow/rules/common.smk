@@ -117,9 +117,9 @@ def dataset_marker(experiment, outputs=None, runs=False):
     With ``outputs`` (the files a job writes), a verified.json that does not exist yet is asked for only by a job
     that has one of them missing and, for a training job (``runs``), only where the experiment's tables are
     missing or await runs (:func:`awaited_runs`: the runs that will train). A job that is done does not read the
-    data again, and `ancient` does not stop Snakemake from rerunning every job whose input another job is about to make: in a
-    clone or on a new machine without the data folder, prepare_data would otherwise retrain every finished
-    (committed) run, and train every run that complete committed tables no longer need. An existing
+    data again, and `ancient` does not stop Snakemake from rerunning every job whose input another job is about
+    to make: in a clone or on a new machine without the data folder, prepare_data would otherwise retrain every
+    finished (committed) run, and train every run that complete committed tables no longer need. An existing
     verified.json stays an input of every job, so the set of inputs Snakemake recorded for a finished job does
     not change (that too would rerun it). A job that runs without it (--forcerun, or a changed setting, on a
     machine whose data were never prepared) stops at once with the loader's line naming `prepare-data`."""
