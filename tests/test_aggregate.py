@@ -216,3 +216,30 @@ def test_claims_read_the_first_logged_value_and_how_soon_a_value_is_reached(tmp_
     assert table["verdict"].tolist() == ["holds", "holds"]
     assert table["metric"].tolist() == ["angle_dh_1 (first row)", "test_error (how soon <= 0.01)"]
     assert comparison_rows("e", {"claims": [quick]}, runs_df, "quick")["verdict"].iloc[0].startswith("no finished run")
+
+
+# --- the report's captions ---------------------------------------------------------------------------------------
+def test_a_figures_caption_lists_the_rows_about_what_it_draws_with_their_source_and_length(tmp_path: Path):
+    from biocredit.aggregate import caption_lines, comparison_rows, load_runs
+
+    curve_run(tmp_path / "fa0", "fa", 0, [1.0, 0.5, 0.008, 0.001], angle=[88.0, 40.0, 30.0])
+    curve_run(tmp_path / "bp0", "bp", 0, [1.0, 0.9, 0.02, 0.005])
+    runs_df, curves = load_runs(sorted(tmp_path.iterdir()))
+    exp = {"figure": "Fig. 2a",
+           "reported": [{"method": "bp", "metric": "test_error", "value": 0.01, "tolerance": 0.01, "source": "Table 9"}],
+           "claims": [{"text": "ends below 60", "metric": "angle_dh_1", "lower": ["fa"], "below": 60,
+                       "figure": "Fig. 2b", "source": "Fig. 2b text"},
+                      {"text": "fa as quick", "metric": "test_error", "reach": 0.01, "lower": ["fa"], "higher": ["bp"],
+                       "source": "Fig. 2a text"}]}
+    table = comparison_rows("e", exp, runs_df, "paper", curves=curves)
+    # a number or claim of another of the paper's figures than the experiment's names its own
+    assert table["figure"].tolist() == ["Fig. 2a", "Fig. 2b", "Fig. 2a"]
+    every = caption_lines(table)
+    assert len(every) == 3
+    assert every[0] == ("test_error, bp: paper 0.01, ours 0.01 ± — (n = 1), tolerance ± 0.01: reproduced "
+                        "(paper scale, 1 epoch; source: Table 9)")
+    assert every[1] == "ends below 60 (fa): fa 30: holds (paper scale, 1 epoch; source: Fig. 2b text)"
+    # a figure of the angle lists the angle's claim only; one of the error, the number and the "how soon" claim
+    assert caption_lines(table, ["angle_dh_1"]) == [every[1]]
+    assert caption_lines(table, ["test_error", "train_error"]) == [every[0], every[2]]
+    assert caption_lines(table, []) == []

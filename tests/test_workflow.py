@@ -227,14 +227,17 @@ def test_report_embeds_every_figure_with_its_caption(workflow: Workflow):
     assert "paper_comparison.csv" in html
     # each experiment's own table of what we got beside the paper, in the experiment's category with its figures
     assert "What we got beside what the paper reports, for" in html
-    for experiment in workflow.config["experiments"]:
-        assert f"{experiment}_comparison.csv" in html
-    # each figure's caption lists its experiment's rows: the paper's number, ours, the verdict, claim by claim
+    tables = [*workflow.config["experiments"], *workflow.config.get("analyses", {})]
+    for name in tables:
+        assert f"{name}_comparison.csv" in html
+    # each figure's caption lists the rows about what it draws (the paper's number, ours, the verdict, the source),
+    # and each comparison table's caption lists all its rows: every row is a list item of some caption
     assert "What we got beside what the paper reports, at this scale" in html
-    for experiment, exp in workflow.config["experiments"].items():
-        if not exp.get("figures"):
-            continue
+    # a figure of weights draws no number: its caption says so instead of listing the experiment's test errors
+    assert "This figure draws no number or claim that the comparison checks" in html
+    for experiment in tables:
         rows = pd.read_csv(workflow.results / "tables" / f"{experiment}_comparison.csv")
+        assert len(rows), f"{experiment}: an empty comparison"
         for line in caption_lines(rows):
             fragments = caption_fragments(line)
             for fragment in fragments:

@@ -162,7 +162,7 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
         else:
             verdict = f"NOT reproduced (off by {mean - rep['value']:+.2f})"
         rows.append({
-            "experiment": exp_name, "figure": exp.get("figure", ""), "claim": "", "method": rep["method"],
+            "experiment": exp_name, "figure": rep.get("figure", exp.get("figure", "")), "claim": "", "method": rep["method"],
             "metric": metric, "paper": rep["value"], "unit": rep.get("unit", ""), "source": rep["source"],
             "ours_mean": mean, "ours_sd": sd, "n": len(vals), "n_diverged": n_div, "statistic": "",
             "scale": scale, "epochs": epochs, "tolerance": rep["tolerance"], "verdict": partial([rep["method"]], verdict),
@@ -173,7 +173,7 @@ def comparison_rows(exp_name: str, exp: Mapping[str, Any], runs: pd.DataFrame, s
         metric = claim["metric"] + (" (first row)" if claim.get("at") == "first" else "") + (
             f" (how soon <= {claim['reach']:g})" if "reach" in claim else "")
         rows.append({
-            "experiment": exp_name, "figure": exp.get("figure", ""), "claim": claim["text"],
+            "experiment": exp_name, "figure": claim.get("figure", exp.get("figure", "")), "claim": claim["text"],
             "method": ", ".join(methods), "metric": metric, "paper": math.nan,
             "unit": claim.get("unit", ""), "source": claim["source"] + (
                 f"; paper: {claim['paper_statistic']}" if claim.get("paper_statistic") else ""),
@@ -299,17 +299,24 @@ def _row_text(r: pd.Series) -> tuple[bool, str, str, str, str]:
     return is_claim, what, paper, ours, tol
 
 
-def caption_lines(table: pd.DataFrame) -> list[str]:
-    """The comparison rows as one sentence each, for a figure's caption in the Snakemake report:
-    a reported number as "test_error (%), bp: paper 2.40, ours 1.61 ± 0.05 (n = 20), tolerance ± 0.40: <verdict>",
-    a claim as "<claim> (<methods>): <statistic>: <verdict>"."""
+def caption_lines(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> list[str]:
+    """The comparison rows as one sentence each, for a caption in the Snakemake report: a reported number as
+    "test_error (%), bp: paper 2.40, ours 1.61 ± 0.05 (n = 20), tolerance ± 0.40: <verdict> (paper scale,
+    1846 epochs; source: <the paper's place>)", a claim as "<claim> (<methods>): <statistic>: <verdict> (...)".
+    With ``metrics``, only the rows about those metrics (a figure's caption lists what that figure draws)."""
     out = []
     for _, r in table.iterrows():
+        if metrics is not None and str(r["metric"]).split(" (")[0] not in metrics:
+            continue
         is_claim, what, paper, ours, tol = _row_text(r)
+        epochs = r.get("epochs")
+        n_ep = int(epochs) if pd.notna(epochs) else 0
+        where = f"{r['scale']} scale" + (f", {n_ep} epoch{'s' * (n_ep != 1)}" if n_ep > 0 else "")
+        tail = f" ({where}; source: {r['source']})"
         if is_claim:
-            out.append(f"{what} ({r['method']}): {ours}: {r['verdict']}")
+            out.append(f"{what} ({r['method']}): {ours}: {r['verdict']}{tail}")
         else:
-            out.append(f"{what}, {r['method']}: paper {paper}, ours {ours}, tolerance {tol}: {r['verdict']}")
+            out.append(f"{what}, {r['method']}: paper {paper}, ours {ours}, tolerance {tol}: {r['verdict']}{tail}")
     return out
 
 

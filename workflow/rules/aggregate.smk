@@ -12,6 +12,7 @@ rule aggregate:
         provenance=f"{RESULTS}/tables/{{experiment}}_provenance.json",
     params:
         reported=lambda w: [experiment_cfg(w.experiment).get(k, []) for k in ("reported", "claims")],
+        got=all_comparison_rows,  # read by the report's caption only
     conda:
         "../../environment.yml"
     log:

@@ -165,17 +165,19 @@ def figure_cfg(w):
 
 
 class ComparisonRows:
-    """What a figure's caption in the report lists: its experiment's comparison rows, read when the report is
-    rendered (`snakemake --report`), after `aggregate` wrote them. A parameter of this class is not one of
-    Snakemake's rerun triggers (it compares only built-in values), so a new verdict never redraws a figure."""
+    """What a caption in the report lists: comparison rows (all of a table's, or those about the metrics a figure
+    draws), read when the report is rendered (`snakemake --report`), after `aggregate` wrote them. A parameter of
+    this class is not one of Snakemake's rerun triggers (it compares only built-in values), so a new verdict never
+    redraws a figure."""
 
     RST_SPECIAL = "\\`*_|[]<>:"
 
-    def __init__(self, path):
+    def __init__(self, path, metrics=None):
         self.path = Path(path)
+        self.metrics = None if metrics is None else list(metrics)
 
     def __repr__(self):  # the report lists every job's parameters: no memory address there
-        return f"comparison rows of {self.path}"
+        return f"comparison rows of {self.path}" + ("" if self.metrics is None else f" about {', '.join(self.metrics)}")
 
     def lines(self):
         if not self.path.is_file():
@@ -186,11 +188,25 @@ class ComparisonRows:
 
         # each line is one bullet of reStructuredText: escape what it would read as markup
         return ["".join(f"\\{c}" if c in self.RST_SPECIAL else c for c in line)
-                for line in caption_lines(pd.read_csv(self.path))]
+                for line in caption_lines(pd.read_csv(self.path), self.metrics)]
+
+
+def figure_metrics(fig):
+    """The metrics a figure draws (none for a figure of weights or images)."""
+    if fig["kind"] in WEIGHT_FIGURE_KINDS:
+        return []
+    return list(fig.get("metrics") or [fig["metric"]])
 
 
 def comparison_rows(w):
-    return ComparisonRows(f"{RESULTS}/tables/{w.experiment}_comparison.csv")
+    """A figure's caption: the rows of its experiment's comparison about what the figure draws."""
+    return ComparisonRows(f"{RESULTS}/tables/{w.experiment}_comparison.csv", figure_metrics(figure_cfg(w)))
+
+
+def all_comparison_rows(w):
+    """The caption of an experiment's (or analysis's) comparison table: every row."""
+    name = getattr(w, "experiment", None) or w.analysis
+    return ComparisonRows(f"{RESULTS}/tables/{name}_comparison.csv")
 
 
 def figure_inputs(w):

@@ -34,9 +34,14 @@ rule analysis:
         figure=report(f"{RESULTS}/figures/{{analysis}}.png", caption="../report/analysis.rst", category="{analysis}"),
         pdf=f"{RESULTS}/figures/{{analysis}}.pdf",
         summary=f"{RESULTS}/tables/{{analysis}}_summary.json",
-        comparison=f"{RESULTS}/tables/{{analysis}}_comparison.csv",
+        comparison=report(
+            f"{RESULTS}/tables/{{analysis}}_comparison.csv",
+            caption="../report/analysis_comparison.rst",
+            category="{analysis}",
+        ),
     params:
         analysis=lambda w: config["analyses"][w.analysis],
+        got=all_comparison_rows,  # read by the report's captions only
     conda:
         "../../environment.yml"
     log:
