@@ -1,7 +1,9 @@
 """Shared fixtures: the offline data mirror, MNIST prepared once, small configs, CLI and W&B helpers.
 
 The data mirror is ``$BIOCREDIT_DATA_MIRROR`` or, as on CI (which clones the repository with ``shared/``
-beside it), ``<repo>/../shared/data``. Tests that need MNIST are skipped, with the reason, when it is absent.
+beside it), ``<repo>/../shared/data``. Tests that need MNIST (or CIFAR-10) are skipped, with the reason, when it
+is absent; with ``BIOCREDIT_REQUIRE_DATA=1`` (set by ``.ci/run``) a missing dataset stops the session instead, so
+CI cannot pass with the data-driven tests (the workflow runs among them) skipped.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ SMALL_SCALE = {"epochs": 2, "seeds": 1, "train_subset": 500, "test_subset": 200}
 
 def mirror_has_mnist() -> bool:
     return all((MIRROR / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
+
+
+def mirror_has_cifar10() -> bool:
+    return (MIRROR / "cifar-10-batches-py" / "data_batch_1").is_file()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("BIOCREDIT_REQUIRE_DATA") == "1":
+        missing = [name for name, ok in (("MNIST", mirror_has_mnist()), ("CIFAR-10", mirror_has_cifar10())) if not ok]
+        if missing:
+            pytest.exit(f"BIOCREDIT_REQUIRE_DATA=1 but the data mirror {MIRROR} lacks {' and '.join(missing)}: "
+                        "set BIOCREDIT_DATA_MIRROR to a folder that has them (or unset BIOCREDIT_REQUIRE_DATA to "
+                        "skip the tests that need them)", returncode=4)
 
 
 def mnist_experiment(cfg: dict | None = None) -> str:

@@ -77,3 +77,11 @@ def test_pseudo_backprop_angle_uses_the_moore_penrose_inverse_of_W():
         got = update_angles(net, x, target, step, "squared_error", "sum", pbp=True)["angle_dh_pbp_1"]
         assert math.isclose(got, angle, abs_tol=1e-3), (got, angle)
         assert math.isclose(angle_deg(target @ B.T, expected_pbp), angle, abs_tol=1e-3)
+    # A batch: the angle is each example's, averaged (Fig. 4 plots the mean per-example angle). With B as above, the
+    # example with e = (2, 0) has B e = W+ e (0°) and the one with e = (2, 4) is at 45°: 22.5°. One angle between
+    # the batch's stacked vectors would give acos(8 / sqrt(8 * 12)) = 35.3° instead.
+    x2, target2 = torch.zeros(2, 3), torch.tensor([[2.0, 0.0], [2.0, 4.0]])
+    net.zero_grad(set_to_none=True)
+    step = fa.compute_grads(net, x2, target2)
+    got = update_angles(net, x2, target2, step, "squared_error", "sum", pbp=True)["angle_dh_pbp_1"]
+    assert math.isclose(got, 22.5, abs_tol=1e-3), got
