@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -114,6 +115,14 @@ def figures(wf: Workflow) -> dict[str, str]:
     return out
 
 
+#: Every figure of Lillicrap et al. 2016 the workflow regenerates (file stems under results/<scale>/figures/).
+LILLICRAP_FIGURES = {
+    "lillicrap_linear_fig1_nse", "lillicrap_linear_fig1_angle", "lillicrap_mnist_fig2a_test_error",
+    "lillicrap_mnist_fig2b_angle", "lillicrap_mnist_figS_receptive_fields", "lillicrap_teacher_fig2c_nse",
+    "lillicrap_111", "lillicrap_pinv_fig4_pinv",
+}
+
+
 def figure_paths(wf: Workflow) -> list[Path]:
     return [wf.results / "figures" / f"{stem}.{ext}" for stem in figures(wf) for ext in ("png", "pdf")]
 
@@ -124,6 +133,24 @@ def test_workflow_draws_every_figure_and_writes_the_comparison(workflow: Workflo
     for p in paths:
         assert p.is_file() and p.stat().st_size > 1000, f"{p} missing or empty"
         assert p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF"), f"{p} is not a {p.suffix}"
+    # every figure of Lillicrap et al. (issue: "a smoke-scale workflow run produces every figure"), named here so
+    # that a figure dropped from config.yaml fails rather than goes unchecked
+    assert LILLICRAP_FIGURES <= set(figures(workflow)), LILLICRAP_FIGURES - set(figures(workflow))
+    # ... and each shows data: a curve figure has finite values of every metric for every method it draws (a
+    # metric no run logged would still give a figure, saying "no finished run"); a figure of weights or images
+    # has finite, non-constant values
+    for name, exp in workflow.config["experiments"].items():
+        curves = pd.read_csv(workflow.results / "tables" / f"{name}_curves.csv")
+        for fig in exp.get("figures", []):
+            if fig["kind"] == "curves":
+                for method in fig.get("methods") or list(exp["methods"]):
+                    for metric in fig.get("metrics") or [fig["metric"]]:
+                        values = curves.loc[curves["method"] == method, f"{metric}_mean"]
+                        assert np.isfinite(values).any(), f"{name}_{fig['name']}: no {metric} of {method} to draw"
+            else:
+                with np.load(workflow.results / "figure_data" / f"{name}_{fig['name']}.npz") as data:
+                    shown = data["z" if "z" in data.files else "images"].astype(np.float32)
+                assert np.isfinite(shown).all() and shown.std() > 0, f"{name}_{fig['name']}: nothing to show"
 
     tables = workflow.results / "tables"
     table = pd.read_csv(tables / "paper_comparison.csv")
