@@ -133,3 +133,40 @@ def test_partial_tables_say_how_the_workflow_trains_the_rest(small_config):
     (tables / f"{EXP}_provenance.json").write_text(json.dumps({"runs": 4}))
     head = next(line for line in report(small_config, [EXP]) if line.startswith(EXP))
     assert head.endswith("hold 4 run(s)") and hint not in head, head
+
+
+def test_runs_only_the_tables_hold_count_as_finished_until_another_run_of_the_experiment_must_train(small_config):
+    """A clone: the committed tables hold every run (method, seed, config hash) and there are no run folders.
+    The workflow trains nothing, and progress says so; once one run's settings change, the workflow retrains the
+    whole experiment (its aggregation needs every run folder), and progress counts those runs as to train."""
+    import pandas as pd
+
+    from biocredit.config import config_hash, resolve_run, seeds
+
+    cfg = with_scale(small_config, seeds=2, epochs=2)
+    methods = list(cfg["experiments"][EXP]["methods"])
+    tables = Path(cfg["results_dir"]) / "smoke" / "tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame([{"method": m, "seed": s, "config_hash": config_hash(resolve_run(cfg, EXP, m, s))}
+                  for m in methods for s in seeds(cfg, EXP)]).to_csv(tables / f"{EXP}_runs.csv", index=False)
+    lines = report(cfg, [EXP])
+    assert "finished 2/2 (2 only in the tables: no run folder)" in "\n".join(lines)
+    assert lines[-1].startswith(f"total: {2 * len(methods)}/{2 * len(methods)} runs finished; training left ≈ 0 s")
+
+    # another label is no training setting: still nothing to train
+    relabelled = copy.deepcopy(cfg)
+    relabelled["experiments"][EXP]["methods"][METHOD]["label"] = "another name"
+    assert report(relabelled, [EXP])[-1] == lines[-1]
+    # another setting of one method's rule: its runs are not the tables' any more, and every other run of the
+    # experiment trains again with them
+    other = copy.deepcopy(cfg)
+    other["experiments"][EXP]["methods"][METHOD].setdefault("params", {})["feedback_init"] = {
+        "distribution": "uniform", "scale": 3.0}
+    lines = report(other, [EXP])
+    text = "\n".join(lines)
+    assert f"({2 * (len(methods) - 1)} run(s) the tables hold have no run folder and train again" in text, text
+    assert "only in the tables" not in text
+    assert lines[-1].startswith(f"total: 0/{2 * len(methods)} runs finished")
+    # a table of another run's settings, or none, counts nothing as finished
+    (tables / f"{EXP}_runs.csv").unlink()
+    assert report(cfg, [EXP])[-1].startswith(f"total: 0/{2 * len(methods)} runs finished")

@@ -5,7 +5,11 @@ times the runs themselves measured.
 
 Read-only: it reads each run folder's ``summary.json`` and ``checkpoint.pt`` and an ensemble job's
 ``checkpoint-seeds<a>-<b>.pt`` (beside the seed folders), and decides as the trainers do whether a
-checkpoint is one training would pick up (:func:`biocredit.train.continues`). Paper-scale MNIST is days of
+checkpoint is one training would pick up (:func:`biocredit.train.continues`). A run without a folder that the
+scale's committed tables hold with the config's settings (``<experiment>_runs.csv``: method, seed, config hash)
+counts as finished, as the workflow counts it (a clone has the tables but not the run folders): unless another
+run of its experiment must train, since the aggregation then needs every run's folder and the workflow trains
+those runs again. Paper-scale MNIST is days of
 CPU time, run in pieces, on several machines or a cluster: this is the one place that says what is left.
 """
 
@@ -33,7 +37,7 @@ TIMING_ROWS = 20
 @dataclass
 class RunProgress:
     seed: int
-    state: str  # "finished", "training", "to extend", "other settings" or "not started"
+    state: str  # "finished", "in the tables", "training", "to extend", "other settings" or "not started"
     epoch: int  # epochs done that count toward this run (0 unless finished, training or to extend)
     epochs: int  # the config's length for this run
     seconds_per_epoch: float | None  # measured by the run (an ensemble job's epoch: the whole job's)
@@ -79,9 +83,19 @@ def _ensemble_views(method_dir: Path, cache: dict[Path, dict[int, dict[str, Any]
     return views
 
 
+def table_hashes(cfg: Mapping[str, Any], experiment: str) -> dict[tuple[str, int], str]:
+    """{(method, seed): config hash} of the runs the scale's tables hold for the experiment (empty without them)."""
+    path = Path(cfg["results_dir"]) / cfg["scale"] / "tables" / f"{experiment}_runs.csv"
+    try:
+        return {(r["method"], int(r["seed"])): r["config_hash"] for r in _csv_rows(path)}
+    except (KeyError, ValueError):  # unreadable: as if it held no run (as the workflow reads it)
+        return {}
+
+
 def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int,
-                 ensembles: dict[Path, dict[int, dict[str, Any]]] | None = None) -> RunProgress:
-    """One run's state at the config's scale (see :class:`RunProgress`)."""
+                 ensembles: dict[Path, dict[int, dict[str, Any]]] | None = None,
+                 tables: Mapping[tuple[str, int], str] | None = None) -> RunProgress:
+    """One run's state at the config's scale (see :class:`RunProgress`); ``tables``: :func:`table_hashes`."""
     ensembles = {} if ensembles is None else ensembles
     d = run_dir(Path(cfg["results_dir"]), cfg["scale"], experiment, method, seed)
     rc = resolve_run(cfg, experiment, method, seed)
@@ -111,6 +125,8 @@ def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int
     if changed:
         return RunProgress(seed, "other settings", 0, epochs, None, summary_path.stat().st_mtime, str(d),
                            "; ".join(changed[:2]))
+    if not d.exists() and (tables or {}).get((method, seed)) == chash:
+        return RunProgress(seed, "in the tables", epochs, epochs, None, None, str(d))
     return RunProgress(seed, "not started", 0, epochs, None, None, str(d))
 
 
@@ -121,9 +137,27 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def cell_progress(cfg: Mapping[str, Any], experiment: str, method: str) -> list[RunProgress]:
+def cell_progress(cfg: Mapping[str, Any], experiment: str, method: str,
+                  tables: Mapping[tuple[str, int], str] | None = None) -> list[RunProgress]:
     cache: dict[Path, dict[int, dict[str, Any]]] = {}
-    return [run_progress(cfg, experiment, method, s, cache) for s in seeds(cfg, experiment)]
+    return [run_progress(cfg, experiment, method, s, cache, tables) for s in seeds(cfg, experiment)]
+
+
+def experiment_progress(cfg: Mapping[str, Any], experiment: str) -> tuple[dict[str, list[RunProgress]], int]:
+    """Every cell's runs, as the workflow will train them, and how many runs the tables hold that train again.
+
+    A run only in the tables (no folder) is finished while nothing else of its experiment has to train; once
+    something does, the experiment's aggregation needs every run's folder, so the workflow trains it again
+    (workflow/rules/common.smk, ``awaited_runs``): it then reads "not started"."""
+    tables = table_hashes(cfg, experiment)
+    cells = {m: cell_progress(cfg, experiment, m, tables) for m in cfg["experiments"][experiment]["methods"]}
+    runs = [r for rs in cells.values() for r in rs]
+    retrain = 0
+    if any(r.state not in ("finished", "in the tables") for r in runs):
+        for r in runs:
+            if r.state == "in the tables":
+                r.state, r.epoch, retrain = "not started", 0, retrain + 1
+    return cells, retrain
 
 
 def seconds_left(runs: Sequence[RunProgress]) -> tuple[float, int]:
@@ -134,7 +168,7 @@ def seconds_left(runs: Sequence[RunProgress]) -> tuple[float, int]:
     typical = statistics.median(measured) if measured else None
     total, unknown, jobs = 0.0, 0, set()
     for r in runs:
-        if r.state == "finished" or r.job in jobs:
+        if r.state in ("finished", "in the tables") or r.job in jobs:
             continue
         jobs.add(r.job)
         per = r.seconds_per_epoch or typical
@@ -175,24 +209,29 @@ def report(cfg: Mapping[str, Any], experiments: Sequence[str], now: float | None
     for exp in experiments:
         ss = seeds(cfg, exp)
         methods = list(cfg["experiments"][exp]["methods"])
-        cells = {m: cell_progress(cfg, exp, m) for m in methods}
+        cells, retrain = experiment_progress(cfg, exp)
         epochs = {r.epochs for runs in cells.values() for r in runs}
         lengths = sorted(epochs)
         lines.append(f"{exp}: {'/'.join(map(str, lengths))} epoch{'s' * (lengths != [1])}, {len(ss)} "
                      f"seed{'s' * (len(ss) != 1)} × {len(methods)} method{'s' * (len(methods) != 1)}"
                      + _tables_note(cfg, exp))
+        if retrain:
+            lines.append(f"  ({retrain} run(s) the tables hold have no run folder and train again: the aggregation "
+                         "needs every run's folder once another run of the experiment trains)")
         width = max(map(len, methods))
         for m, runs in cells.items():
             counts: dict[str, int] = {}
             for r in runs:
                 counts[r.state] = counts.get(r.state, 0) + 1
-            parts = [f"finished {counts.get('finished', 0)}/{len(runs)}"]
+            done = counts.get("finished", 0) + counts.get("in the tables", 0)
+            parts = [f"finished {done}/{len(runs)}" + (f" ({counts['in the tables']} only in the tables: no run folder)"
+                                                       if counts.get("in the tables") else "")]
             parts += [f"{k} {counts[k]}" for k in ("training", "to extend", "other settings", "not started")
                       if counts.get(k)]
             left, unknown = seconds_left(runs)
             if unknown and not left:
                 parts.append("left: no epoch time measured yet")
-            elif counts.get("finished", 0) < len(runs):
+            elif done < len(runs):
                 parts.append(f"left ≈ {_duration(left)}" + (f" + {unknown} run(s) without a measured epoch time"
                                                             if unknown else ""))
             lines.append(f"  {m:<{width}}  " + ", ".join(parts))
@@ -207,7 +246,7 @@ def report(cfg: Mapping[str, Any], experiments: Sequence[str], now: float | None
                 elif r.state == "finished" and r.detail:
                     lines.append(f"  {'':<{width}}    seed {r.seed}: finished, {r.detail}")
             n_all += len(runs)
-            n_done += counts.get("finished", 0)
+            n_done += done
             left_all += left
             n_unknown += unknown
     lines.append(f"total: {n_done}/{n_all} runs finished; training left ≈ {_duration(left_all)} one job at a time "
