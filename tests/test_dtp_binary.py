@@ -147,7 +147,7 @@ def test_averaged_evaluation_is_deterministic_given_the_seed_and_differs_from_on
     assert r1 == r2 and net.training
 
 
-def test_multi_pass_evaluation_of_a_long_set_runs_in_chunks_with_the_same_shapes(monkeypatch):
+def test_multi_pass_evaluation_of_a_long_set_runs_in_chunks_each_of_its_own_examples(monkeypatch):
     import biocredit.nets as nets
 
     monkeypatch.setattr(nets, "EVAL_ELEMENTS", 5 * 10 * 6)  # 10 passes × 6 units: 5 examples per chunk
@@ -156,6 +156,14 @@ def test_multi_pass_evaluation_of_a_long_set_runs_in_chunks_with_the_same_shapes
     net.eval()
     a, y = net.predict(x, torch.Generator().manual_seed(0))
     assert a.shape == y.shape == (23, 3) and torch.allclose(y.sum(1), torch.ones(23))
+    # each chunk is the evaluation of its own examples: the same numbers as evaluating the chunks one by one,
+    # unchunked, from the same generator stream (an example's output in another's place would differ)
+    monkeypatch.setattr(nets, "EVAL_ELEMENTS", 10**9)
+    g = torch.Generator().manual_seed(0)
+    parts = [net.predict(x[c:c + 5], g) for c in range(0, 23, 5)]
+    assert torch.equal(a, torch.cat([p[0] for p in parts])) and torch.equal(y, torch.cat([p[1] for p in parts]))
+    # ... and the passes differ (the chunks really sample): one chunk evaluated again from a fresh stream differs
+    assert not torch.equal(net.predict(x[5:10], torch.Generator().manual_seed(0))[1], y[5:10])
 
 
 def test_test_transmission_discretises_a_continuous_net_only_at_evaluation():
