@@ -1,7 +1,7 @@
 """Lillicrap MNIST, seed 0 at paper settings: test error vs epoch of BP and of FA with the feedback scale
 beta = 0.2 (before the held-out sweep) and beta = 100 (after it), from the committed metrics.csv files.
 
-    python benchmarks/lillicrap_mnist_seed0_figure.py   # -> results/paper/figures/lillicrap_mnist_seed0_beta.{png,pdf}
+    python benchmarks/lillicrap_mnist_seed0_figure.py   # -> results/paper/extension/lillicrap_mnist_seed0_beta.{png,pdf} (not a workflow figure)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_title("Lillicrap MNIST 784-1000-10, seed 0, η = 1e-3 (n = 1 per curve)", fontsize=9)
     ax.legend(fontsize=7)
-    save_figure(fig, P / "figures" / "lillicrap_mnist_seed0_beta")
+    save_figure(fig, P / "extension" / "lillicrap_mnist_seed0_beta")
 
 
 if __name__ == "__main__":
