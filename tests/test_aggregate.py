@@ -243,3 +243,6 @@ def test_a_figures_caption_lists_the_rows_about_what_it_draws_with_their_source_
     assert caption_lines(table, ["angle_dh_1"]) == [every[1]]
     assert caption_lines(table, ["test_error", "train_error"]) == [every[0], every[2]]
     assert caption_lines(table, []) == []
+    # a number read at another epoch than the last names its reading after the metric: still the error's
+    early = table.iloc[[0]].assign(metric="test_error at the epoch of lowest valid_error")
+    assert len(caption_lines(early, ["test_error"])) == 1 and caption_lines(early, ["angle_dh_1"]) == []

@@ -306,7 +306,9 @@ def caption_lines(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> 
     With ``metrics``, only the rows about those metrics (a figure's caption lists what that figure draws)."""
     out = []
     for _, r in table.iterrows():
-        if metrics is not None and str(r["metric"]).split(" (")[0] not in metrics:
+        # the metric column's first word is the metric ("test_error (how soon <= 0.01)", "test_error at the epoch
+        # of lowest valid_error")
+        if metrics is not None and str(r["metric"]).split()[0] not in metrics:
             continue
         is_claim, what, paper, ours, tol = _row_text(r)
         epochs = r.get("epochs")
