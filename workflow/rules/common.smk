@@ -192,10 +192,10 @@ class ComparisonRows:
 
 
 def figure_metrics(fig):
-    """The metrics a figure draws (none for a figure of weights or images)."""
-    if fig["kind"] in WEIGHT_FIGURE_KINDS:
-        return []
-    return list(fig.get("metrics") or [fig["metric"]])
+    """The metrics whose comparison rows a figure's caption lists: those it draws (none for a figure of weights or
+    images) and its `caption_metrics`."""
+    drawn = [] if fig["kind"] in WEIGHT_FIGURE_KINDS else list(fig.get("metrics") or [fig["metric"]])
+    return drawn + list(fig.get("caption_metrics", []))
 
 
 def comparison_rows(w):
