@@ -183,6 +183,15 @@ def test_the_fig3_claim_fails_when_the_trajectory_lands_on_the_other_stable_bran
     assert cli.main(args) == 0
     table = tmp_path / "smoke" / "tables" / "lillicrap_111_comparison.csv"
     assert pd.read_csv(table)["verdict"].item() == "holds"
+    # the figure is named after the paper's (config `name`); the workflow makes the figure and the tables in two
+    # jobs (--part)
+    figure = tmp_path / "smoke" / "figures" / "lillicrap_111_fig3_dynamics.png"
+    assert figure.is_file() and figure.with_suffix(".pdf").is_file()
+    figure.unlink()
+    table.unlink()
+    assert cli.main([*args, "--part", "tables"]) == 0 and table.is_file() and not figure.exists()
+    table.unlink()
+    assert cli.main([*args, "--part", "figure"]) == 0 and figure.is_file() and not table.exists()
     assert cli.main([*args, "--set", "analyses.lillicrap_111.start=[-2.0,-0.6]"]) == 0
     summary = json.loads((tmp_path / "smoke" / "tables" / "lillicrap_111_summary.json").read_text())
     end = summary["expected"]

@@ -269,7 +269,7 @@ def test_the_workflow_runs_through_slurm_and_matches_a_local_run(cluster: SlurmC
     comments = [j["Comment"] for j in jobs]
     assert sorted(c for c in comments if c.startswith("rule_train_")) == sorted(
         f"rule_train_wildcards_{exp}_{m}_0" for m in methods), comments
-    expected = ["aggregate", "figures", "analysis", "compare"]
+    expected = ["aggregate", "figures", "analysis", "analysis_figure", "compare"]
     if any(f["kind"] in WEIGHT_FIGURE_KINDS for f in slurm.config["experiments"][exp].get("figures", [])):
         expected.append("figure_data")
     for rule in expected:  # alone or in the profile's postprocess group
@@ -277,7 +277,7 @@ def test_the_workflow_runs_through_slurm_and_matches_a_local_run(cluster: SlurmC
 
     assert_same_runs(slurm, local, methods)
     figures = [f"{exp}_{fig['name']}" for fig in slurm.config["experiments"][exp].get("figures", [])]
-    for stem in figures + list(slurm.config.get("analyses", {})):
+    for stem in figures + [f"{name}_{a['name']}" for name, a in slurm.config.get("analyses", {}).items()]:
         for ext in ("png", "pdf"):
             assert (slurm.results / "figures" / f"{stem}.{ext}").is_file(), f"{stem}.{ext} not drawn"
     assert (slurm.results / "tables" / "paper_comparison.csv").is_file()

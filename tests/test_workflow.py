@@ -111,7 +111,8 @@ def figures(wf: Workflow) -> dict[str, str]:
     """{file stem: caption} of every figure the config asks for (experiments' figures and analyses)."""
     out = {f"{name}_{fig['name']}": fig["caption"]
            for name, exp in wf.config["experiments"].items() for fig in exp.get("figures", [])}
-    out.update({name: analysis["caption"] for name, analysis in wf.config.get("analyses", {}).items()})
+    out.update({f"{name}_{analysis['name']}": analysis["caption"]
+                for name, analysis in wf.config.get("analyses", {}).items()})
     return out
 
 
@@ -119,7 +120,7 @@ def figures(wf: Workflow) -> dict[str, str]:
 LILLICRAP_FIGURES = {
     "lillicrap_linear_fig1_nse", "lillicrap_linear_fig1_angle", "lillicrap_mnist_fig2a_test_error",
     "lillicrap_mnist_fig2b_angle", "lillicrap_mnist_figS_receptive_fields", "lillicrap_teacher_fig2c_nse",
-    "lillicrap_111", "lillicrap_pinv_fig4_pinv",
+    "lillicrap_111_fig3_dynamics", "lillicrap_pinv_fig4_pinv",
 }
 
 

@@ -460,7 +460,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_analysis(args: argparse.Namespace) -> int:
-    """An analysis computed from update equations (no training runs): figure + summary + comparison rows."""
+    """An analysis computed from update equations (no training runs): figure and/or summary + comparison row."""
     import pandas as pd
 
     from biocredit import dynamics
@@ -474,8 +474,11 @@ def cmd_analysis(args: argparse.Namespace) -> int:
     tables.mkdir(parents=True, exist_ok=True)
     kw = {"T": a.get("T", 1.0), "B": a.get("B", 1.0), "start": tuple(a.get("start", (0.01, 0.01))),
           "eta": a.get("eta", 0.01), "n_examples": a.get("n_examples", 1000), "seed": a.get("seed", 0)}
-    for p in dynamics.plot_dynamics(figs / args.analysis, **kw):
-        print(p)
+    if args.part in ("all", "figure"):
+        for p in dynamics.plot_dynamics(figs / f"{args.analysis}_{a['name']}", **kw):
+            print(p)
+    if args.part == "figure":
+        return 0
     summary = dynamics.summarise_dynamics(**kw)
     (tables / f"{args.analysis}_summary.json").write_text(json.dumps(summary, indent=2))
     row = dict.fromkeys(COMPARISON_COLUMNS, "")
@@ -629,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analysis", help="compute an analysis of update equations (e.g. the 1-1-1 FA dynamics)")
     _common(p)
     p.add_argument("--analysis", required=True)
+    p.add_argument("--part", choices=("all", "tables", "figure"), default="all",
+                   help="the figure (figures/<analysis>_<name>.png/.pdf), the tables (summary and comparison row) "
+                        "or both (default)")
     p.set_defaults(func=cmd_analysis)
     p = sub.add_parser("progress", help="where the scale's training stands: finished, part-way and missing runs "
                                         "per experiment × method, and the training time left (read-only)")

@@ -220,6 +220,12 @@ def figure_inputs(w):
     return inputs
 
 
+def analysis_figure_files(analysis):
+    """An analysis's figure (PNG and PDF), named after the paper's figure (config `analyses.<analysis>.name`)."""
+    stem = f"{RESULTS}/figures/{analysis}_{config['analyses'][analysis]['name']}"
+    return [f"{stem}.png", f"{stem}.pdf"]
+
+
 def figure_files(experiment):
     return expand(
         f"{RESULTS}/figures/{experiment}_{{fig}}.{{ext}}",
