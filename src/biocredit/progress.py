@@ -84,11 +84,12 @@ def _ensemble_views(method_dir: Path, cache: dict[Path, dict[int, dict[str, Any]
 
 
 def table_hashes(cfg: Mapping[str, Any], experiment: str) -> dict[tuple[str, int], str]:
-    """{(method, seed): config hash} of the runs the scale's tables hold for the experiment (empty without them)."""
+    """{(method, seed): config hash} of the runs the scale's tables hold for the experiment (empty without them).
+    The workflow reads them the same way (workflow/rules/common.smk, ``awaited_runs``)."""
     path = Path(cfg["results_dir"]) / cfg["scale"] / "tables" / f"{experiment}_runs.csv"
     try:
         return {(r["method"], int(r["seed"])): r["config_hash"] for r in _csv_rows(path)}
-    except (KeyError, ValueError):  # unreadable: as if it held no run (as the workflow reads it)
+    except (OSError, KeyError, ValueError):  # unreadable: as if it held no run
         return {}
 
 

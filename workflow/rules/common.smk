@@ -1,5 +1,4 @@
 # Config validation (one line per problem, before any job runs), paths, and the run list.
-import csv
 import functools
 import json
 import os
@@ -13,6 +12,7 @@ from biocredit.config import (SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, con
                               resolve_run, seeds)
 from biocredit.selection import selection_run_config
 from biocredit.ensemble import seeds_label
+from biocredit.progress import table_hashes
 from biocredit.config import validate as biocredit_validate
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
 
@@ -87,11 +87,7 @@ def awaited_runs(experiment):
     table = Path(RESULTS) / "tables" / f"{experiment}_runs.csv"
     if not table.is_file():  # no tables yet: the targets need them, and they need every run
         return []
-    try:
-        with table.open(newline="") as f:
-            have = {(row["method"], int(row["seed"])): row["config_hash"] for row in csv.DictReader(f)}
-    except (OSError, KeyError, ValueError):  # unreadable: as if it held none of the runs
-        have = {}
+    have = table_hashes(config, experiment)  # unreadable: as if it held none of the runs
     awaited = []
     for method in experiment_cfg(experiment)["methods"]:
         for seed in seeds(config, experiment):
