@@ -213,8 +213,9 @@ def test_each_seed_of_an_ensemble_logs_its_own_wandb_offline_run(tmp_path, one_t
 
 
 def test_a_killed_ensemble_job_resumes_and_ends_as_separate_uninterrupted_runs(tmp_path, cli_env, one_thread):
-    # ~1 s per epoch for 3 seeds of the 4-layer teacher: the kill lands after epoch 1 and well before epoch 5
-    cfg = synthetic_config(tmp_path, epochs=5, train_subset=3000, test_subset=200)
+    # ~0.3-0.8 s per epoch for 3 seeds of the 4-layer teacher (1,000 per-example updates each): the kill lands
+    # after epoch 1 (the checkpoint is polled every 0.05 s) and well before epoch 5
+    cfg = synthetic_config(tmp_path, epochs=5, train_subset=1000, test_subset=200)
     path = write_config(cfg, tmp_path / "config.yaml")
     args = ["train", "--config", str(path), "--experiment", "lillicrap_teacher", "--method", "fa4", "--seeds", "0-2"]
     cell = Path(cfg["results_dir"]) / "smoke" / "runs" / "lillicrap_teacher" / "fa4"
