@@ -293,3 +293,22 @@ def test_teacher_task_accepts_other_depths_and_scales() -> None:
     assert set(t) == {"W0", "b0", "x_train", "y_train", "x_test", "y_test"}
     assert torch.equal(t["b0"], torch.zeros(3))
     torch.testing.assert_close(t["y_test"], t["x_test"] @ t["W0"].T)
+
+
+def test_the_workflow_plan_and_prepare_data_read_these_modules_without_importing_torch() -> None:
+    """Snakemake parses the Snakefile for every run, dry run and cluster job, and reads the dataset table, the
+    committed tables' runs and the length-selection settings from these modules; `prepare-data` only copies and
+    hashes files. None of that needs torch (a 2-3 s import), pandas, matplotlib or W&B: the synthetic tasks and the
+    checkpoint readers import torch where they use it."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "pandas", "matplotlib", "wandb")
+    code = ("import sys; import biocredit.data, biocredit.progress, biocredit.selection, biocredit.config; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+    # ... and the synthetic tasks still build (torch imported on use)
+    task = data.synthetic_linear_task(0, n_train=5, n_test=3)
+    assert isinstance(task["T"], torch.Tensor) and task["x_train"].shape == (5, 30)

@@ -12,8 +12,7 @@ import torch
 from conftest import REPO_CONFIG, kill_after_first_checkpoint, read_metrics, run_cli, write_config
 
 from biocredit import cli
-from biocredit.aggregate import run_dir
-from biocredit.config import ensemble_seeds, load_config, resolve_run
+from biocredit.config import ensemble_seeds, load_config, resolve_run, run_dir
 from biocredit.ensemble import train_ensemble, train_seeds, why_not_ensemble
 from biocredit.rules import RULES
 from biocredit.tracking import find_offline_runs, read_offline_history, read_offline_run

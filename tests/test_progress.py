@@ -12,7 +12,7 @@ import torch
 from conftest import mnist_experiment
 
 from biocredit import cli
-from biocredit.aggregate import run_dir
+from biocredit.config import run_dir
 from biocredit.progress import cell_progress, report, seconds_left
 
 EXP = mnist_experiment()

@@ -11,7 +11,7 @@ import torch
 from conftest import kill_after_first_checkpoint, method_with_rule, mnist_experiment, read_metrics, run_cli
 
 from biocredit import cli
-from biocredit.aggregate import run_dir
+from biocredit.config import run_dir
 from biocredit.tracking import find_offline_runs, read_offline_history, read_offline_run
 
 EXP = mnist_experiment()

@@ -20,10 +20,6 @@ COMPARISON_COLUMNS = [
 ]
 
 
-def run_dir(results_dir: Path, scale: str, experiment: str, method: str, seed: int) -> Path:
-    return Path(results_dir) / scale / "runs" / experiment / method / f"seed{seed}"
-
-
 def segment_commits(provenance: Mapping[str, Any]) -> list[str]:
     """Every commit a run trained under, in order, without repeats: its training segments' (summary.json
     ``provenance.segments``, one per process that trained it), or its one ``git_commit`` (older summaries)."""

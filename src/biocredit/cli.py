@@ -172,7 +172,7 @@ def _make_run_dirs(outs: list[Path], key: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from biocredit.aggregate import run_dir
+    from biocredit.config import run_dir
     from biocredit.train import resolve_device, train
 
     cfg = _load(args)
@@ -272,12 +272,13 @@ def _seed_list(text: str) -> list[int]:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from biocredit import aggregate
+    from biocredit.config import run_dir
 
     if args.from_table:
         return _rejudge_from_table(args)
     cfg = _load(args, rules=False)  # reads finished runs only: no rule registry, no torch
     exp = cfg["experiments"][args.experiment]
-    cells = {aggregate.run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s): (m, s)
+    cells = {run_dir(Path(cfg["results_dir"]), cfg["scale"], args.experiment, m, s): (m, s)
              for m in exp["methods"] for s in seeds(cfg, args.experiment)}
     dirs = list(cells)
     # A finished run made with other settings than the config's now (e.g. a training length since changed) is
@@ -401,7 +402,7 @@ def _check_final_weights(cfg: Mapping[str, Any], experiment: str, method: str, s
 
 def cmd_figure_data(args: argparse.Namespace) -> int:
     """Read the seed-0 checkpoints once and keep what a weight figure shows (see figures.figure_data)."""
-    from biocredit.aggregate import run_dir
+    from biocredit.config import run_dir
     from biocredit.figures import figure_data, save_figure_data
 
     cfg = _load(args)

@@ -26,10 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported by the synthetic-task functions below that use it: the workflow's DAG
+    import torch  # (DATASET_FOLDERS) and prepare-data read this module without paying for torch's import
 
 from biocredit.config import DataError  # defined beside ConfigError so the CLI can catch it without torch
 
@@ -489,6 +491,8 @@ _PARAMS, _TRAIN, _TEST = 0, 1, 2
 def _generator(seed: int, task: int, stream: int) -> torch.Generator:
     """A private torch.Generator for (seed, task, stream): parameters, train and test inputs are drawn from
     separate streams, so the test set and the target function do not depend on n_train (or vice versa)."""
+    import torch
+
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     state = np.random.SeedSequence([seed, task, stream]).generate_state(1, dtype=np.uint64)[0]
@@ -496,6 +500,8 @@ def _generator(seed: int, task: int, stream: int) -> torch.Generator:
 
 
 def _inputs(seed: int, task: int, stream: int, n: int, n_in: int) -> torch.Tensor:
+    import torch
+
     return torch.randn(n, n_in, generator=_generator(seed, task, stream), dtype=torch.float32)
 
 
@@ -513,6 +519,8 @@ def synthetic_linear_task(
     ``seed`` alone via private generators (the global RNG is never touched); every method that uses the same
     seed therefore sees the same T and the same example sequence.
     """
+    import torch
+
     g = _generator(seed, _LINEAR_TASK, _PARAMS)
     T = (torch.rand(n_out, n_in, generator=g, dtype=torch.float32) * 2.0 - 1.0) * target_scale
     x_train = _inputs(seed, _LINEAR_TASK, _TRAIN, n_train, n_in)
@@ -522,6 +530,8 @@ def synthetic_linear_task(
 
 def _teacher_forward(task: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Teacher output for inputs x (rows): tanh on every layer but the last, which is linear."""
+    import torch
+
     n_layers = sum(1 for k in task if k.startswith("W"))
     h = x
     for i in range(n_layers):
@@ -546,6 +556,8 @@ def synthetic_teacher_task(
     their nonlinear range; biases b_l ~ U[-bias_scale, bias_scale]. Deterministic from ``seed`` alone.
     Returns float32 {'W0', 'b0', ..., 'x_train', 'y_train', 'x_test', 'y_test'}.
     """
+    import torch
+
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least an input and an output size, got {sizes}")

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from biocredit.config import config_hash
+from biocredit.config import config_hash, seeds_label
 from biocredit.metrics import target_spread, update_angle_tensors
 from biocredit.nets import MLP, build_net, net_transmits
 from biocredit.rules import RULES
@@ -98,14 +98,6 @@ def why_not_ensemble(run_cfg: Mapping[str, Any]) -> str | None:
     if int(run_cfg.get("eval_every_epochs") or 1) > 1:
         return "eval_every_epochs > 1"
     return None
-
-
-def seeds_label(seeds: Sequence[int]) -> str:
-    """``0-19`` for a contiguous range, else ``0_3_7``."""
-    seeds = list(seeds)
-    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
-    return "_".join(map(str, seeds))
 
 
 def train_seeds(

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from biocredit.config import config_hash, resolve_run, run_dir, seeds, settings_changed
 
-from biocredit.aggregate import run_dir
-from biocredit.config import config_hash, resolve_run, seeds, settings_changed
-from biocredit.train import continues
+# torch (and biocredit.train) are imported where a checkpoint is read: the workflow's DAG reads table_hashes, and
+# Snakemake parses the Snakefile for every run, dry run and cluster job
 
 #: the epoch time of a run is the median over its last this many rows (training + evaluation seconds)
 TIMING_ROWS = 20
@@ -65,6 +64,8 @@ def epoch_seconds(rows: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def _load(path: Path) -> dict[str, Any]:
+    import torch
+
     # mmap: the state's tensors stay on disk; only the small bookkeeping (rows, settings) is read
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
@@ -97,6 +98,8 @@ def run_progress(cfg: Mapping[str, Any], experiment: str, method: str, seed: int
                  ensembles: dict[Path, dict[int, dict[str, Any]]] | None = None,
                  tables: Mapping[tuple[str, int], str] | None = None) -> RunProgress:
     """One run's state at the config's scale (see :class:`RunProgress`); ``tables``: :func:`table_hashes`."""
+    from biocredit.train import continues
+
     ensembles = {} if ensembles is None else ensembles
     d = run_dir(Path(cfg["results_dir"]), cfg["scale"], experiment, method, seed)
     rc = resolve_run(cfg, experiment, method, seed)

@@ -9,9 +9,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 from biocredit.config import (SCHEMA_PATH, WEIGHT_FIGURE_KINDS, ConfigError, config_hash, ensemble_seeds,
-                              resolve_run, seeds)
+                              resolve_run, seeds, seeds_label)
 from biocredit.selection import selection_run_config
-from biocredit.ensemble import seeds_label
 from biocredit.progress import table_hashes
 from biocredit.config import validate as biocredit_validate
 from biocredit.data import DATASET_FOLDERS, FOLDER_TO_DATASET
