@@ -1,7 +1,7 @@
 """The training length chosen by a stopping rule on held-out training images (biocredit.selection).
 
 The rule on known curves; the config checks; a real selection run (MNIST from the mirror, a tiny subset at a
-learning rate that overfits in tens of epochs) through the CLI and through Snakemake; and the stop that a
+learning rate that overfits in tens of epochs) through Snakemake and then the CLI; and the stop that a
 resumed run honours without training further.
 """
 
@@ -144,24 +144,6 @@ def check_record(out: Path) -> dict:
     return rec
 
 
-def test_select_length_trains_until_the_rule_fires_and_records_it(tmp_path: Path, cli_env: dict, mnist_dir: Path):
-    config = tiny_selection_config(tmp_path, mnist_dir)
-    proc = run_cli("select-length", "--config", str(config), "--experiment", EXP, env=cli_env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "results" / "smoke" / "length_selection" / EXP
-    rec = check_record(out)
-    assert f"selected: epoch {rec['selected_epoch']}" in proc.stdout
-    wandb_runs = list((tmp_path / "results" / "smoke" / "wandb").glob("wandb/offline-run-*"))
-    assert len(wandb_runs) == 1  # logged like any run
-    # A second call trains nothing and writes the same record; other settings are refused in one line.
-    again = run_cli("select-length", "--config", str(config), "--experiment", EXP, env=cli_env, cwd=tmp_path)
-    assert again.returncode == 0 and json.loads((out / "length_selection.json").read_text()) == rec
-    assert "epoch" not in again.stderr
-    other = run_cli("select-length", "--config", str(config), "--experiment", EXP, "--set",
-                    f"experiments.{EXP}.length_selection.valid_size=2000", env=cli_env, cwd=tmp_path)
-    assert other.returncode == 2 and "a finished selection run of other settings" in one_line(other.stderr)
-
-
 def test_an_experiment_without_a_block_is_refused_in_one_line(tmp_path: Path, cli_env: dict):
     proc = run_cli("select-length", "--experiment", "lillicrap_linear", env=cli_env, cwd=REPO)
     assert proc.returncode == 2
@@ -196,6 +178,8 @@ def test_a_resumed_run_whose_rule_had_fired_stops_without_training(small_config:
 
 
 def test_snakemake_selects_the_length_and_leaves_it_out_of_all(tmp_path: Path, cli_env: dict, mirror: Path):
+    """The real selection run (prepared data, W&B offline) through Snakemake's `length_selection` target, which
+    `all` leaves out; then the CLI on the finished run trains nothing and refuses other settings in one line."""
     config = tiny_selection_config(tmp_path)
     base = [sys.executable, "-m", "snakemake", "--cores", "1", "-s", str(REPO / "Snakefile"), "--configfile",
             str(config), "--directory", str(tmp_path)]
@@ -204,7 +188,20 @@ def test_snakemake_selects_the_length_and_leaves_it_out_of_all(tmp_path: Path, c
     proc = subprocess.run([*base, "length_selection"], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    check_record(tmp_path / "results" / "smoke" / "length_selection" / EXP)
+    out = tmp_path / "results" / "smoke" / "length_selection" / EXP
+    rec = check_record(out)
+    log = (tmp_path / "results" / "smoke" / "logs" / "length_selection" / f"{EXP}.log").read_text()
+    assert f"selected: epoch {rec['selected_epoch']}" in log, log[-2000:]
+    wandb_runs = list((tmp_path / "results" / "smoke" / "wandb").glob("wandb/offline-run-*"))
+    assert len(wandb_runs) == 1  # logged like any run
     again = subprocess.run([*base, "-n", "length_selection"], cwd=tmp_path, env=cli_env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # The command itself, again: it trains nothing and writes the same record; other settings are refused.
+    again = run_cli("select-length", "--config", str(config), "--experiment", EXP, env=cli_env, cwd=tmp_path)
+    assert again.returncode == 0 and json.loads((out / "length_selection.json").read_text()) == rec
+    assert "epoch" not in again.stderr and f"selected: epoch {rec['selected_epoch']}" in again.stdout
+    other = run_cli("select-length", "--config", str(config), "--experiment", EXP, "--set",
+                    f"experiments.{EXP}.length_selection.valid_size=2000", env=cli_env, cwd=tmp_path)
+    assert other.returncode == 2 and "a finished selection run of other settings" in one_line(other.stderr)
