@@ -106,10 +106,10 @@ TINY = {"scales.smoke.train_subset": 300, "scales.smoke.test_subset": 200, "trai
         "length_selection.max_epochs": 150}
 
 
-def tiny_selection_config(root: Path, data_dir: Path | None = None) -> Path:
+def tiny_selection_config(root: Path) -> Path:
     cfg = yaml.safe_load(REPO_CONFIG.read_text())
     cfg.update(scale="smoke", device="cpu", threads=1, results_dir=str(root / "results"))
-    cfg["data"] = {**cfg.get("data", {}), "dir": str(data_dir or root / "data"), "download": False}
+    cfg["data"] = {**cfg.get("data", {}), "dir": str(root / "data"), "download": False}
     cfg["wandb"] = {**cfg.get("wandb", {}), "mode": "offline"}
     cfg["experiments"] = {EXP: cfg["experiments"][EXP]}
     for dotted, v in TINY.items():
