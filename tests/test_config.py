@@ -75,6 +75,8 @@ BAD_INPUTS = [
      f"experiments.{EXP}.scales.quick.train_eval_subset", "0"),
     ("early stopping without a validation set", _set(f"experiments.{EXP}.reported.0.at", "valid_best"),
      f"experiments.{EXP}.reported.0.at", "valid_size"),
+    ("validation subset without a validation set", _set(f"experiments.{EXP}.scales.smoke.valid_subset", 100),
+     f"experiments.{EXP}.scales.smoke.valid_subset", "valid_size"),
     ("unknown reading point", _set("experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
      "experiments.lee_dtp_cifar10.reported.0.at", "best_test"),
     ("early rows sparser than their span", _set("experiments.lillicrap_linear.train.early_rows", {"until": 50, "every": 60}),

@@ -68,8 +68,12 @@ def test_standardize_statistics_come_from_the_training_split_only(monkeypatch, t
 def test_a_training_subset_is_standardised_with_the_full_training_splits_statistics(monkeypatch, tmp_path):
     fake_arrays(monkeypatch)
     full = load_task(run_cfg(), tmp_path, torch.device("cpu"))
-    sub = load_task(run_cfg(train_subset=10, test_subset=5), tmp_path, torch.device("cpu"))
+    sub = load_task(run_cfg(train_subset=10, test_subset=5, valid_subset=7), tmp_path, torch.device("cpu"))
     assert torch.equal(sub.x_train, full.x_train[:10]) and torch.equal(sub.x_test, full.x_test[:5])
+    # valid_subset: the first 7 of the same 20 held-out images, the training part unchanged (40, not 53)
+    assert full.x_valid.shape[0] == 20 and torch.equal(sub.x_valid, full.x_valid[:7])
+    assert torch.equal(sub.labels_valid, full.labels_valid[:7]) and torch.equal(sub.t_valid, full.t_valid[:7])
+    assert torch.equal(load_task(run_cfg(valid_subset=50), tmp_path, torch.device("cpu")).x_valid, full.x_valid)
 
 
 def test_unknown_preprocess_is_refused_and_standardize_needs_statistics():

@@ -78,6 +78,8 @@ def tiny_config(root: Path) -> dict:
                      seeds=ENSEMBLE_SEEDS if exp.get("train", {}).get("ensemble_seeds") else SMOKE["seeds"])
         if folder is not None:  # image datasets: a few hundred examples
             smoke.update(train_subset=SMOKE["train_subset"], test_subset=SMOKE["test_subset"])
+            if exp.get("valid_size"):  # the validation error on as many held-out images
+                smoke["valid_subset"] = SMOKE["test_subset"]
         task = exp.get("task", {})  # synthetic tasks: as few examples
         for key, n in (("n_train", SMOKE["train_subset"]), ("n_test", SMOKE["test_subset"])):
             if key in task:

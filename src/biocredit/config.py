@@ -173,6 +173,10 @@ def check_semantics(cfg: Mapping, source: str = "config.yaml", *, rules: bool = 
                 if bad := sorted(IMAGE_ONLY_SCALE_KEYS.keys() & sc.keys()):
                     why = IMAGE_ONLY_SCALE_KEYS[bad[0]]
                     raise ConfigError(f"{where}.scales.{sname}.{bad[0]}: only for image datasets; {why}")
+        for sname, sc in exp["scales"].items():
+            if "valid_subset" in sc and not exp.get("valid_size"):
+                raise ConfigError(f"{where}.scales.{sname}.valid_subset: the experiment holds out no validation set; "
+                                  "set valid_size or remove valid_subset")
         for k, rep in enumerate(exp.get("reported", [])):
             if rep.get("at") == "valid_best" and not exp.get("valid_size"):
                 raise ConfigError(f"{where}.reported.{k}.at: valid_best reads each run at its lowest validation "
