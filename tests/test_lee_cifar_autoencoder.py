@@ -70,7 +70,7 @@ def test_a_training_subset_is_standardised_with_the_full_training_splits_statist
     full = load_task(run_cfg(), tmp_path, torch.device("cpu"))
     sub = load_task(run_cfg(train_subset=10, test_subset=5, valid_subset=7), tmp_path, torch.device("cpu"))
     assert torch.equal(sub.x_train, full.x_train[:10]) and torch.equal(sub.x_test, full.x_test[:5])
-    # valid_subset: the first 7 of the same 20 held-out images, the training part unchanged (40, not 53)
+    # valid_subset: the first 7 of the same 20 held-out images (the split between training and held-out stays put)
     assert full.x_valid.shape[0] == 20 and torch.equal(sub.x_valid, full.x_valid[:7])
     assert torch.equal(sub.labels_valid, full.labels_valid[:7]) and torch.equal(sub.t_valid, full.t_valid[:7])
     assert torch.equal(load_task(run_cfg(valid_subset=50), tmp_path, torch.device("cpu")).x_valid, full.x_valid)
