@@ -99,6 +99,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(small_config, con
     assert [(g["from_epoch"], g["to_epoch"]) for g in segments] == [(0, killed_at["epoch"]), (killed_at["epoch"], 6)]
     assert all(g["git_commit"] == summary["provenance"]["git_commit"] for g in segments)
     assert [g["ensemble_size"] for g in segments] == [1, 1]  # train() trains one seed per process
+    assert [g["threads"] for g in segments] == [cfg["threads"]] * 2  # the CPU threads each process trained on
     assert summary["provenance"]["git_commits"] == [summary["provenance"]["git_commit"]]
     alone = json.loads((tmp_path / "uninterrupted" / "summary.json").read_text())["provenance"]["segments"]
     assert [(g["from_epoch"], g["to_epoch"]) for g in alone] == [(0, 6)]

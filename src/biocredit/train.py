@@ -328,11 +328,12 @@ def earlier_segments(state: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def new_segment(start_epoch: int, provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """This process's segment of the run: the epochs it trains, the code, host and device it trains them on, and
-    how many seeds the process trains at once (``ensemble_size``: 1 for train(), S for an ensemble job, whose
+    """This process's segment of the run: the epochs it trains, the code, host, device and CPU thread count it
+    trains them on (a resume may change ``threads``, which is not part of the settings), and how many seeds the
+    process trains at once (``ensemble_size``: 1 for train(), S for an ensemble job, whose
     ``wall_seconds`` every one of its S seeds records)."""
     return {"from_epoch": start_epoch, "to_epoch": start_epoch,
-            **{k: provenance[k] for k in ("git_commit", "host", "device", "torch")},
+            **{k: provenance[k] for k in ("git_commit", "host", "device", "torch", "threads")},
             "ensemble_size": int(provenance.get("ensemble_size", 1)),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_seconds": 0.0}
 
